@@ -1,0 +1,112 @@
+"""The quart-trio app edge nodes talk to: ``POST /api/v1/batches`` plus health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from edge_node import __version__
+from edge_node.errors import WireError
+from edge_node.metrics import CONTENT_TYPE, Registry
+from edge_node.wire import decode_batch, decode_segment
+
+from .errors import MissingSeries, SinkUnavailable
+from .sinks.base import Store
+
+log = logging.getLogger("fleet_central.app")
+
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json",
+                    headers=headers or {})
+
+
+def create_app(store: Store, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> QuartTrio:
+    app = QuartTrio("fleet_central")
+    app.config["MAX_CONTENT_LENGTH"] = max_batch_bytes
+    app.config["BODY_TIMEOUT"] = 120
+    reg = Registry("fleet_central")
+    m_batches = reg.counter("batches_total", "Batches received, by outcome.", ("outcome",))
+    m_rows = reg.counter("rows_applied_total", "Rows applied to the store.", ("kind",))
+    m_bytes = reg.counter("received_bytes_total", "Batch bytes received.")
+    reg.gauge("build_info", "Version of this central service.", ("version",),
+              callback=lambda: {(__version__,): 1.0})
+    app.extensions["registry"] = reg
+    decode_limiter = trio.CapacityLimiter(2)
+
+    @app.post("/api/v1/batches")
+    async def batches() -> Response:
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            m_batches.inc(1, "unauthorized")
+            return _json(401, {"error": "missing 'Authorization: Bearer <node key>'"},
+                         {"WWW-Authenticate": "Bearer"})
+        try:
+            node = await store.authenticate(auth[7:].strip())
+        except SinkUnavailable as exc:
+            return _json(503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)})
+        if node is None:
+            m_batches.inc(1, "unauthorized")
+            return _json(401, {"error": "unknown or revoked node key"},
+                         {"WWW-Authenticate": "Bearer"})
+        body = await request.get_data(cache=False)
+        assert isinstance(body, bytes)
+        m_bytes.inc(len(body))
+        try:
+            batch = decode_batch(body)
+            if batch.node_id != node.node_id:
+                m_batches.inc(1, "forbidden")
+                return _json(403, {"error": f"this key belongs to node {node.node_id!r}, the "
+                                            f"batch says {batch.node_id!r}"})
+            cols = await trio.to_thread.run_sync(decode_segment, batch.segment,
+                                                 limiter=decode_limiter)
+            if cols.kind != batch.kind or len(cols) != batch.rows:
+                raise WireError(f"envelope says {batch.rows} {batch.kind} rows, segment holds "
+                                f"{len(cols)} {cols.kind} rows")
+        except WireError as exc:
+            m_batches.inc(1, "malformed")
+            log.warning("node %s sent a malformed batch: %s", node.node_id, exc)
+            return _json(400, {"error": str(exc)})
+        try:
+            applied = await store.apply(node, batch, cols)
+        except MissingSeries as exc:
+            m_batches.inc(1, "missing_series")
+            return _json(409, {"error": str(exc), "missing_series": exc.missing[:100_000]})
+        except SinkUnavailable as exc:
+            m_batches.inc(1, "unavailable")
+            log.warning("store unavailable: %s", exc)
+            return _json(503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)})
+        if applied:
+            m_batches.inc(1, "applied")
+            m_rows.inc(len(cols), batch.kind)
+        else:
+            m_batches.inc(1, "duplicate")
+        return _json(200, {"status": "applied" if applied else "duplicate", "seq": batch.seq})
+
+    @app.errorhandler(413)
+    async def too_large(_: Exception) -> Response:
+        m_batches.inc(1, "too_large")
+        return _json(413, {"error": f"batch is larger than {max_batch_bytes} bytes"})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json(200, {"status": "ok", "version": __version__})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ok = await store.ready()
+        return _json(200 if ok else 503, {"status": "ready" if ok else "unavailable",
+                                          "store": store.name})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(reg.render(), content_type=CONTENT_TYPE)
+
+    return app

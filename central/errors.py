@@ -1,0 +1,41 @@
+"""Exceptions raised by central.
+
+The tree::
+
+    CentralError
+    ├── AuthError          401/403: unknown, revoked or mismatched node key
+    ├── MissingSeries      409: the batch references series central has no definition for
+    ├── SinkUnavailable    503: a backend is down or slow; the edge keeps the batch and retries
+    └── RegistryError      a node cannot be added/revoked (exists, unknown)
+
+Malformed batches raise :class:`edge_node.errors.WireError` (answered 400).
+"""
+
+from __future__ import annotations
+
+
+class CentralError(Exception):
+    """Base class of central's deliberate errors."""
+
+
+class AuthError(CentralError):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class MissingSeries(CentralError):
+    def __init__(self, missing: list[int]) -> None:
+        self.missing = missing
+        super().__init__(f"{len(missing)} series definitions are unknown")
+
+
+class SinkUnavailable(CentralError):
+    def __init__(self, sink: str, message: str, retry_after_s: int = 5) -> None:
+        self.sink = sink
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{sink}: {message}")
+
+
+class RegistryError(CentralError):
+    pass

@@ -1,0 +1,265 @@
+"""The embedded SQLite store: everything in one file, the default when no backend is set.
+
+Tables: ``nodes`` (registry, hashed keys), ``series`` (each node's series dictionary, per buffer
+epoch), ``applied`` (dedup: which (node, epoch, seq) were applied), ``samples``, ``logs``,
+``heartbeats``, ``devices``; views ``samples_v`` / ``logs_v`` resolve series labels.
+
+A batch is applied in one transaction that also records (node, epoch, seq) in ``applied``: a
+retried batch finds its mark and changes nothing, and a crash mid-apply leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import trio
+
+from edge_node.wire import Batch, Columns
+
+from ..errors import MissingSeries, RegistryError, SinkUnavailable
+from .base import NodeInfo, hash_key, new_api_key
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, org TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL, revoked_ms INTEGER, last_seen_ms INTEGER);
+CREATE TABLE IF NOT EXISTS series (
+    node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, labels TEXT NOT NULL,
+    PRIMARY KEY (node_id, epoch, sid)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS applied (
+    node_id TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+    rows INTEGER NOT NULL, applied_ms INTEGER NOT NULL,
+    PRIMARY KEY (node_id, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, ts INTEGER NOT NULL,
+    value REAL);
+CREATE TABLE IF NOT EXISTS logs (
+    node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, ts INTEGER NOT NULL,
+    line TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    node_id TEXT NOT NULL, device TEXT NOT NULL, ts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    node_id TEXT NOT NULL, device TEXT NOT NULL, org TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (node_id, device)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals (kind TEXT PRIMARY KEY, rows INTEGER NOT NULL);
+CREATE VIEW IF NOT EXISTS samples_v AS
+    SELECT s.node_id, json_extract(r.labels, '$.__name__') AS name, r.labels, s.ts, s.value
+    FROM samples s JOIN series r USING (node_id, epoch, sid);
+CREATE VIEW IF NOT EXISTS logs_v AS
+    SELECT l.node_id, r.labels, l.ts, l.line
+    FROM logs l JOIN series r USING (node_id, epoch, sid);
+"""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SQLiteStore:
+    """Central's embedded store. Blocking work runs on one thread (``CapacityLimiter(1)``)."""
+
+    name = "sqlite"
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.path = Path(data_dir) / "central.sqlite3"
+        self.limiter = trio.CapacityLimiter(1)
+        self.conn: sqlite3.Connection | None = None
+        # (node, epoch) -> {sid: labels}: definitions never change, so caching is safe
+        self._dict_cache: dict[tuple[str, str], dict[int, dict[str, str]]] = {}
+
+    # -- lifecycle (blocking helpers are usable without trio, for the CLI) --------------------
+
+    def open_sync(self) -> sqlite3.Connection:
+        if self.conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(SCHEMA)
+            self.conn = conn
+        return self.conn
+
+    async def open(self) -> None:
+        await trio.to_thread.run_sync(self.open_sync, limiter=self.limiter)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await trio.to_thread.run_sync(conn.close, limiter=self.limiter)
+
+    async def ready(self) -> bool:
+        def check() -> bool:
+            self.open_sync().execute("SELECT 1").fetchone()
+            return True
+
+        try:
+            return await trio.to_thread.run_sync(check, limiter=self.limiter)
+        except sqlite3.Error:
+            return False
+
+    # -- node registry -------------------------------------------------------------------------
+
+    def add_node(self, node_id: str, org: str) -> str:
+        """Register ``node_id`` and return its new API key (only the hash is stored)."""
+        key = new_api_key()
+        conn = self.open_sync()
+        try:
+            conn.execute("INSERT INTO nodes(node_id, org, key_hash, created_ms) "
+                         "VALUES (?, ?, ?, ?)", (node_id, org, hash_key(key), _now_ms()))
+        except sqlite3.IntegrityError:
+            raise RegistryError(f"node {node_id!r} already exists (revoke it first, or "
+                                "use 'nodes rotate')") from None
+        return key
+
+    def rotate_key(self, node_id: str) -> str:
+        key = new_api_key()
+        cur = self.open_sync().execute(
+            "UPDATE nodes SET key_hash=?, revoked_ms=NULL WHERE node_id=?",
+            (hash_key(key), node_id))
+        if cur.rowcount == 0:
+            raise RegistryError(f"node {node_id!r} is not registered")
+        return key
+
+    def revoke_node(self, node_id: str) -> None:
+        cur = self.open_sync().execute(
+            "UPDATE nodes SET revoked_ms=? WHERE node_id=? AND revoked_ms IS NULL",
+            (_now_ms(), node_id))
+        if cur.rowcount == 0:
+            raise RegistryError(f"node {node_id!r} is not registered or already revoked")
+
+    def list_nodes(self) -> list[dict[str, object]]:
+        cols = ("node_id", "org", "created_ms", "revoked_ms", "last_seen_ms")
+        return [dict(zip(cols, r, strict=True)) for r in self.open_sync().execute(
+            f"SELECT {', '.join(cols)} FROM nodes ORDER BY node_id")]
+
+    async def authenticate(self, key: str) -> NodeInfo | None:
+        def lookup() -> NodeInfo | None:
+            row = self.open_sync().execute(
+                "SELECT node_id, org, created_ms, revoked_ms FROM nodes WHERE key_hash=?",
+                (hash_key(key),)).fetchone()
+            if row is None or row[3] is not None:
+                return None
+            return NodeInfo(node_id=row[0], org=row[1], created_ms=row[2])
+
+        return await trio.to_thread.run_sync(lookup, limiter=self.limiter)
+
+    # -- applying batches ----------------------------------------------------------------------
+
+    async def apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
+        try:
+            return await trio.to_thread.run_sync(self._apply, node, batch, cols,
+                                                 limiter=self.limiter)
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
+            raise SinkUnavailable("sqlite", str(exc)) from exc
+
+    def _dictionary(self, conn: sqlite3.Connection, node: str, epoch: str
+                    ) -> dict[int, dict[str, str]]:
+        key = (node, epoch)
+        d = self._dict_cache.get(key)
+        if d is None:
+            d = {sid: json.loads(lbl) for sid, lbl in conn.execute(
+                "SELECT sid, labels FROM series WHERE node_id=? AND epoch=?", key)}
+            self._dict_cache[key] = d
+        return d
+
+    def _apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
+        conn = self.open_sync()
+        nid, epoch = node.node_id, batch.epoch
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = conn.execute("SELECT 1 FROM applied WHERE node_id=? AND epoch=? AND seq=?",
+                                (nid, epoch, batch.seq)).fetchone()
+            if done:
+                conn.execute("ROLLBACK")
+                return False
+            known = dict(self._dictionary(conn, nid, epoch))
+            new_defs = [(sid, lbl) for sid, lbl in batch.series_defs if sid not in known]
+            for sid, lbl in new_defs:
+                known[sid] = lbl
+            uniq = np.unique(cols.series).tolist()
+            missing = [s for s in uniq if s not in known]
+            if missing:
+                raise MissingSeries(missing)
+            if new_defs:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO series(node_id, epoch, sid, labels) VALUES (?,?,?,?)",
+                    [(nid, epoch, sid, json.dumps(lbl, sort_keys=True)) for sid, lbl in new_defs])
+            self._write_rows(conn, node, epoch, batch.kind, cols, known, uniq)
+            conn.execute("INSERT INTO applied(node_id, epoch, seq, kind, rows, applied_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (nid, epoch, batch.seq, batch.kind, len(cols), _now_ms()))
+            # the edge never resends a seq below its low watermark: forget those marks
+            conn.execute("DELETE FROM applied WHERE node_id=? AND epoch=? AND seq<?",
+                         (nid, epoch, batch.low_watermark))
+            conn.execute("INSERT INTO totals(kind, rows) VALUES (?, ?) ON CONFLICT(kind) "
+                         "DO UPDATE SET rows=rows+excluded.rows", (batch.kind, len(cols)))
+            conn.execute("UPDATE nodes SET last_seen_ms=? WHERE node_id=?", (_now_ms(), nid))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        cache = self._dict_cache.setdefault((nid, epoch), {})
+        for sid, lbl in new_defs:
+            cache[sid] = lbl
+        return True
+
+    @staticmethod
+    def _write_rows(conn: sqlite3.Connection, node: NodeInfo, epoch: str, kind: str,
+                    cols: Columns, known: dict[int, dict[str, str]], uniq: list[int]) -> None:
+        nid = node.node_id
+        sids = cols.series.tolist()
+        tss = cols.ts.tolist()
+        if kind == "metrics" and cols.values is not None:
+            conn.executemany(
+                "INSERT INTO samples(node_id, epoch, sid, ts, value) VALUES (?, ?, ?, ?, ?)",
+                zip([nid] * len(sids), [epoch] * len(sids), sids, tss, cols.values.tolist(),
+                    strict=True))
+        elif kind == "logs" and cols.lines is not None:
+            conn.executemany(
+                "INSERT INTO logs(node_id, epoch, sid, ts, line) VALUES (?, ?, ?, ?, ?)",
+                zip([nid] * len(sids), [epoch] * len(sids), sids, tss,
+                    [ln.decode("utf-8", "replace") for ln in cols.lines], strict=True))
+        elif kind == "heartbeats":
+            conn.executemany(
+                "INSERT INTO heartbeats(node_id, device, ts) VALUES (?, ?, ?)",
+                [(nid, known[s].get("device", ""), t) for s, t in zip(sids, tss, strict=True)])
+        # device registry: first/last seen from any row carrying a device label
+        last: dict[str, int] = {}
+        first: dict[str, int] = {}
+        order = np.argsort(cols.series, kind="stable")
+        s_sorted = cols.series[order]
+        t_sorted = cols.ts[order]
+        bounds = np.searchsorted(s_sorted, np.asarray(uniq, dtype=np.int64))
+        ends = np.append(bounds[1:], s_sorted.shape[0])
+        for sid, b, e in zip(uniq, bounds.tolist(), ends.tolist(), strict=True):
+            dev = known[sid].get("device")
+            if dev is None or b == e:
+                continue
+            seg = t_sorted[b:e]
+            lo, hi = int(seg.min()), int(seg.max())
+            first[dev] = min(first.get(dev, lo), lo)
+            last[dev] = max(last.get(dev, hi), hi)
+        if last:
+            conn.executemany(
+                "INSERT INTO devices(node_id, device, org, first_seen_ms, last_seen_ms) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_id, device) DO UPDATE SET "
+                "first_seen_ms=min(first_seen_ms, excluded.first_seen_ms), "
+                "last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
+                [(nid, d, node.org, first[d], last[d]) for d in last])
+
+    # -- reading (tests, demo, status) ---------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        conn = self.open_sync()
+        return {
+            "metrics": conn.execute("SELECT count(*) FROM samples").fetchone()[0],
+            "logs": conn.execute("SELECT count(*) FROM logs").fetchone()[0],
+            "heartbeats": conn.execute("SELECT count(*) FROM heartbeats").fetchone()[0],
+        }

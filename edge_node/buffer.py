@@ -1,0 +1,457 @@
+"""The durable SQLite buffer (blocking; owned by one thread at a time).
+
+Layout (one SQLite file in WAL mode)::
+
+    series(id, labels, acked)            the node's series dictionary; ``acked`` once central
+                                         confirmed it knows the definition
+    journal(id, kind, n, created_ms, blob)
+                                         what ingest committed, one row per request and kind,
+                                         raw columns: durable at once, cheap to write
+    segments(seq, kind, n, min_ts, max_ts, created_ms, attempts, size, blob)
+                                         journal rows rolled into compressed columnar segments
+                                         (:mod:`edge_node.wire`), shipped to central unchanged
+    dead_letters(seq, kind, n, reason, failed_ms, blob)
+                                         segments central refused as malformed: kept, counted
+    counters(name, value)                persistent counts (drops, dead letters, acks)
+    meta(key, value)                     the buffer's epoch (a random id, part of every batch)
+
+The :class:`Store` methods are plain blocking calls; :mod:`edge_node.writer` runs them on a
+worker thread behind a ``CapacityLimiter(1)`` so exactly one call uses the connection at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import sqlite_utils
+
+from .errors import BufferError_
+from .model import IngestBatch, SeriesKey
+from .wire import KINDS, Columns, decode_segment, encode_segment
+
+# Drop order under disk pressure: lowest priority first. Heartbeats are never dropped.
+DROP_ORDER = ("logs", "metrics")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE, acked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, n INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, n INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL, created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS segments_kind ON segments(kind, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, n INTEGER NOT NULL, reason TEXT NOT NULL,
+    failed_ms INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class PendingSegment:
+    """A segment chosen for forwarding."""
+
+    seq: int
+    kind: str
+    n: int
+    blob: bytes
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    journal_rows: int
+    segments: dict[str, int]
+    pending: dict[str, int]  # rows (samples, log lines, heartbeats) waiting per kind
+    oldest_ms: int | None
+    used_bytes: int
+    dead_letters: int
+    counters: dict[str, int]
+
+
+def _pack_journal(kind: str, sids: Sequence[int], ts: Sequence[int],
+                  values: Sequence[float] | None, lines: Sequence[bytes] | None) -> bytes:
+    doc: dict[str, object] = {
+        "s": np.asarray(sids, dtype=np.int64).tobytes(),
+        "t": np.asarray(ts, dtype=np.int64).tobytes(),
+    }
+    if values is not None:
+        doc["v"] = np.asarray(values, dtype=np.float64).tobytes()
+    if lines is not None:
+        doc["l"] = list(lines)
+    return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack_journal(kind: str, blobs: Iterable[bytes]) -> Columns:
+    s, t, v, lines = [], [], [], []
+    for blob in blobs:
+        doc = msgpack.unpackb(blob, raw=False)
+        s.append(np.frombuffer(doc["s"], dtype=np.int64))
+        t.append(np.frombuffer(doc["t"], dtype=np.int64))
+        if "v" in doc:
+            v.append(np.frombuffer(doc["v"], dtype=np.float64))
+        if "l" in doc:
+            lines.extend(doc["l"])
+    cols = Columns(kind=kind, series=np.concatenate(s) if s else np.zeros(0, np.int64),
+                   ts=np.concatenate(t) if t else np.zeros(0, np.int64))
+    if kind == "metrics":
+        cols.values = np.concatenate(v) if v else np.zeros(0, np.float64)
+    if kind == "logs":
+        cols.lines = lines
+    return cols
+
+
+class Store:
+    """Blocking access to the buffer file. Not thread-safe: serialise calls."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                        timeout=30.0)
+            c = self.conn
+            # auto_vacuum must be chosen before the first table exists.
+            c.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            # Keep the WAL from staying huge after a burst (bytes).
+            c.execute("PRAGMA journal_size_limit=67108864")
+            c.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise BufferError_(f"cannot open buffer {self.path}: {exc}") from exc
+        self.db = sqlite_utils.Database(self.conn)
+        row = c.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        if row is None:
+            self.epoch = uuid.uuid4().hex
+            c.execute("INSERT INTO meta(key, value) VALUES ('epoch', ?)", (self.epoch,))
+        else:
+            self.epoch = row[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- series dictionary ---------------------------------------------------------------------
+
+    def load_series(self) -> tuple[dict[SeriesKey, int], int]:
+        """All known series and the next free id."""
+        out: dict[SeriesKey, int] = {}
+        top = 0
+        for sid, labels in self.conn.execute("SELECT id, labels FROM series"):
+            out[tuple((k, v) for k, v in json.loads(labels))] = sid
+            top = max(top, sid)
+        return out, top + 1
+
+    def series_labels(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
+        ids = list(ids)
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = f"SELECT id, labels FROM series WHERE id IN ({','.join('?' * len(chunk))})"
+            out.extend((sid, dict(json.loads(lbl))) for sid, lbl in self.conn.execute(q, chunk))
+        return out
+
+    def unacked_series_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM series WHERE acked=0").fetchone()[0])
+
+    def unacked_series(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
+        ids = list(ids)
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = (f"SELECT id, labels FROM series WHERE acked=0 AND id IN "
+                 f"({','.join('?' * len(chunk))})")
+            out.extend((sid, dict(json.loads(lbl))) for sid, lbl in self.conn.execute(q, chunk))
+        return out
+
+    def mark_series(self, ids: Iterable[int], acked: bool) -> None:
+        ids = list(ids)
+        with self._tx():
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                self.conn.execute(
+                    f"UPDATE series SET acked=? WHERE id IN ({','.join('?' * len(chunk))})",
+                    [int(acked), *chunk])
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def append(self, new_series: Sequence[tuple[int, SeriesKey]],
+               batches: Sequence[tuple[IngestBatch, dict[SeriesKey, int]]]) -> None:
+        """Commit new series and the journal rows of ``batches`` in one transaction.
+
+        Each batch comes with the series-id mapping to use for its keys.
+        """
+        created = now_ms()
+        rows: list[tuple[str, int, int, bytes]] = []
+        for b, ids in batches:
+            if b.metric_values:
+                rows.append(("metrics", len(b.metric_values), created, _pack_journal(
+                    "metrics", [ids[k] for k in b.metric_keys], b.metric_ts, b.metric_values,
+                    None)))
+            if b.log_lines:
+                rows.append(("logs", len(b.log_lines), created, _pack_journal(
+                    "logs", [ids[k] for k in b.log_keys], b.log_ts, None, b.log_lines)))
+            if b.hb_ts:
+                rows.append(("heartbeats", len(b.hb_ts), created, _pack_journal(
+                    "heartbeats", [ids[k] for k in b.hb_keys], b.hb_ts, None, None)))
+        with self._tx():
+            if new_series:
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO series(id, labels) VALUES (?, ?)",
+                    [(sid, json.dumps(key, separators=(",", ":"))) for sid, key in new_series])
+            self.conn.executemany(
+                "INSERT INTO journal(kind, n, created_ms, blob) VALUES (?, ?, ?, ?)", rows)
+
+    # -- segments ------------------------------------------------------------------------------
+
+    def roll(self, *, max_rows: int = 2_000_000) -> list[int]:
+        """Turn journal rows into one segment per kind. Returns the new segment seqs."""
+        made = []
+        for kind in KINDS:
+            sel = self.conn.execute(
+                "SELECT id, n, blob FROM journal WHERE kind=? ORDER BY id", (kind,))
+            ids: list[int] = []
+            blobs: list[bytes] = []
+            total = 0
+            for jid, n, blob in sel:
+                ids.append(jid)
+                blobs.append(blob)
+                total += n
+                if total >= max_rows:
+                    break
+            if not ids:
+                continue
+            cols = _unpack_journal(kind, blobs)
+            seg = encode_segment(cols)
+            with self._tx():
+                made.append(self._insert_segment(kind, cols, seg))
+                self.conn.execute("DELETE FROM journal WHERE kind=? AND id<=?", (kind, ids[-1]))
+        return made
+
+    def _insert_segment(self, kind: str, cols: Columns, seg: bytes,
+                        created_ms: int | None = None) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO segments(kind, n, min_ts, max_ts, created_ms, size, blob) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, len(cols), int(cols.ts.min()) if len(cols) else 0,
+             int(cols.ts.max()) if len(cols) else 0, created_ms or now_ms(), len(seg), seg))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def merge_candidates(self, kind: str, *, older_than_ms: int, max_rows: int,
+                         exclude: Iterable[int] = ()) -> list[tuple[int, int]]:
+        """Never-attempted segments of ``kind`` worth merging: [(seq, n)], oldest first."""
+        skip = set(exclude)
+        out: list[tuple[int, int]] = []
+        total = 0
+        for seq, n in self.conn.execute(
+                "SELECT seq, n FROM segments WHERE kind=? AND attempts=0 AND created_ms<=? "
+                "ORDER BY seq", (kind, older_than_ms)):
+            if seq in skip:
+                break
+            if total + n > max_rows:
+                if len(out) >= 2:
+                    break
+                # the run so far cannot grow: start a new run from here
+                out, total = [], 0
+                if n >= max_rows:
+                    continue
+            out.append((seq, n))
+            total += n
+        return out if len(out) >= 2 else []
+
+    def read_segments(self, seqs: Sequence[int]) -> list[bytes]:
+        q = f"SELECT seq, blob FROM segments WHERE seq IN ({','.join('?' * len(seqs))})"
+        found = dict(self.conn.execute(q, list(seqs)).fetchall())
+        return [found[s] for s in seqs if s in found]
+
+    def replace_segments(self, seqs: Sequence[int], kind: str, cols: Columns, seg: bytes) -> int:
+        """Atomically swap never-attempted segments ``seqs`` for one merged segment.
+
+        Returns the new seq, or 0 when any of them was attempted or removed meanwhile.
+        """
+        with self._tx():
+            marks = ",".join("?" * len(seqs))
+            (still,) = self.conn.execute(
+                f"SELECT count(*) FROM segments WHERE attempts=0 AND seq IN ({marks})",
+                list(seqs)).fetchone()
+            if still != len(seqs):
+                return 0
+            (created,) = self.conn.execute(
+                f"SELECT min(created_ms) FROM segments WHERE seq IN ({marks})",
+                list(seqs)).fetchone()
+            self.conn.execute(f"DELETE FROM segments WHERE seq IN ({marks})", list(seqs))
+            new = self._insert_segment(kind, cols, seg, created_ms=created)
+            self._bump("segments_merged", len(seqs))
+        return new
+
+    def next_segment(self, exclude: Iterable[int] = ()) -> PendingSegment | None:
+        """The segment to forward next: highest-priority kind first, oldest first."""
+        skip = set(exclude)
+        for kind in KINDS:
+            for seq, n, blob, created in self.conn.execute(
+                    "SELECT seq, n, blob, created_ms FROM segments WHERE kind=? ORDER BY seq "
+                    "LIMIT ?", (kind, len(skip) + 1)):
+                if seq not in skip:
+                    return PendingSegment(seq=seq, kind=kind, n=n, blob=blob, created_ms=created)
+        return None
+
+    def mark_attempt(self, seq: int) -> None:
+        self.conn.execute("UPDATE segments SET attempts=attempts+1 WHERE seq=?", (seq,))
+
+    def low_watermark(self) -> int:
+        (low,) = self.conn.execute("SELECT min(seq) FROM segments").fetchone()
+        if low is None:
+            (low,) = self.conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name='segments'").fetchone() or (0,)
+            low = (low or 0) + 1
+        return int(low)
+
+    def ack(self, seq: int, kind: str, n: int, series_ids: Iterable[int] = ()) -> None:
+        """Central applied segment ``seq``: forget it, remember the series it defined."""
+        ids = list(series_ids)
+        with self._tx():
+            self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                self.conn.execute(
+                    f"UPDATE series SET acked=1 WHERE id IN ({','.join('?' * len(chunk))})",
+                    chunk)
+            self._bump(f"acked_{kind}", n)
+            self._bump("acked_batches", 1)
+
+    def dead_letter(self, seq: int, reason: str) -> None:
+        """Move segment ``seq`` aside: central refused it as malformed."""
+        with self._tx():
+            row = self.conn.execute(
+                "SELECT kind, n, blob FROM segments WHERE seq=?", (seq,)).fetchone()
+            if row is None:
+                return
+            kind, n, blob = row
+            self.conn.execute(
+                "INSERT OR REPLACE INTO dead_letters(seq, kind, n, reason, failed_ms, blob) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (seq, kind, n, reason[:2000], now_ms(), blob))
+            self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
+            self._bump(f"dead_lettered_{kind}", n)
+
+    def dead_letters(self) -> list[dict[str, object]]:
+        return [dict(zip(("seq", "kind", "n", "reason", "failed_ms"), r, strict=True))
+                for r in self.conn.execute(
+                    "SELECT seq, kind, n, reason, failed_ms FROM dead_letters ORDER BY seq")]
+
+    # -- disk budget ---------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        c = self.conn
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        count = c.execute("PRAGMA page_count").fetchone()[0]
+        free = c.execute("PRAGMA freelist_count").fetchone()[0]
+        return int((count - free) * page)
+
+    def enforce_budget(self, max_bytes: int, exclude: Iterable[int] = ()) -> dict[str, int]:
+        """Drop the oldest lowest-priority segments until the buffer fits ``max_bytes``.
+
+        Heartbeats are never dropped. Returns rows dropped per kind.
+        """
+        dropped: dict[str, int] = {}
+        skip = set(exclude)
+        used = self.used_bytes()
+        if used <= max_bytes:
+            return dropped
+        with self._tx():
+            for kind in DROP_ORDER:
+                rows = self.conn.execute(
+                    "SELECT seq, n, size FROM segments WHERE kind=? ORDER BY seq",
+                    (kind,)).fetchall()
+                for seq, n, size in rows:
+                    if used <= max_bytes:
+                        break
+                    if seq in skip:
+                        continue
+                    self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
+                    dropped[kind] = dropped.get(kind, 0) + n
+                    used -= size
+                    self._bump(f"dropped_{kind}", n)
+        if dropped:
+            self.conn.execute("PRAGMA incremental_vacuum")
+        return dropped
+
+    # -- observability -------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.conn.execute("SELECT name, value FROM counters")}
+
+    def stats(self) -> BufferStats:
+        c = self.conn
+        segs: dict[str, int] = {}
+        pending: dict[str, int] = dict.fromkeys(KINDS, 0)
+        for kind, cnt, n in c.execute("SELECT kind, count(*), sum(n) FROM segments GROUP BY kind"):
+            segs[kind] = cnt
+            pending[kind] += int(n or 0)
+        for kind, n in c.execute("SELECT kind, sum(n) FROM journal GROUP BY kind"):
+            pending[kind] += int(n or 0)
+        (jrows,) = c.execute("SELECT count(*) FROM journal").fetchone()
+        oldest = c.execute(
+            "SELECT min(m) FROM (SELECT min(created_ms) AS m FROM segments "
+            "UNION ALL SELECT min(created_ms) FROM journal)").fetchone()[0]
+        (dl,) = c.execute("SELECT count(*) FROM dead_letters").fetchone()
+        return BufferStats(journal_rows=int(jrows), segments=segs, pending=pending,
+                           oldest_ms=oldest, used_bytes=self.used_bytes(), dead_letters=int(dl),
+                           counters=self.counters())
+
+    def integrity_check(self) -> list[str]:
+        problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        for seq, blob in self.conn.execute("SELECT seq, blob FROM segments"):
+            try:
+                decode_segment(blob)
+            except Exception as exc:
+                problems.append(f"segment {seq}: {exc}")
+        return problems
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _bump(self, name: str, by: int) -> None:
+        self.conn.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value=value+excluded.value", (name, by))
+
+    def _tx(self) -> _Tx:
+        return _Tx(self.conn)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (nestable: inner levels are no-ops)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self) -> None:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
+        if not self.outer:
+            return
+        if et is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

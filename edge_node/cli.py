@@ -1,0 +1,157 @@
+"""``fleet-edge``: run the edge node, validate its config, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from functools import partial
+
+import httpx
+import trio
+
+from . import __version__
+from .config import EXAMPLE_CONFIG, EdgeConfig
+from .errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fleet-edge",
+        description="fleetd edge node: receives device data, buffers it durably in SQLite and "
+                    "forwards it to central.")
+    p.add_argument("--version", action="version", version=f"fleet-edge {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the edge node")
+    run.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                     required="FLEET_EDGE_CONFIG" not in os.environ,
+                     help="TOML config file (env FLEET_EDGE_CONFIG)")
+    chk = sub.add_parser("check-config", help="validate a config file (and FLEET_EDGE_* "
+                                              "overrides); names the bad key")
+    chk.add_argument("file")
+    chk.add_argument("--print", action="store_true", help="print the effective config as JSON")
+    sub.add_parser("example-config", help="print a commented example config")
+    st = sub.add_parser("status", help="show a running node's health and counters")
+    st.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    help="the node's config (to find its listen address)")
+    st.add_argument("--url", help="the node's base URL instead of --config")
+    st.add_argument("--json", action="store_true")
+    demo = sub.add_parser("demo", help="run central + edge + simulated devices in this process "
+                                       "and check nothing acknowledged is lost")
+    demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
+    demo.add_argument("--duration", type=float, default=20.0,
+                      help="seconds the devices report for (default 20)")
+    demo.add_argument("--data-dir", help="keep the demo's data here instead of a temp dir")
+    for sp in (run, demo):
+        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _load(path: str) -> EdgeConfig:
+    try:
+        return EdgeConfig.from_toml(path)
+    except ConfigError as exc:
+        print(f"fleet-edge: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+async def _run(cfg: EdgeConfig) -> None:
+    from .node import run_edge_node
+
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(partial(run_edge_node, cfg))
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logging.getLogger("fleet_edge").info(
+                    "%s received: draining and shutting down", signal.Signals(signum).name)
+                node.stop()
+                break
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.url:
+        base = args.url.rstrip("/")
+    elif args.config:
+        cfg = _load(args.config)
+        host = cfg.listen_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base = f"http://{host}:{cfg.listen_port}"
+    else:
+        print("fleet-edge status: give --config FILE or --url URL", file=sys.stderr)
+        return 2
+    try:
+        health = httpx.get(base + "/healthz", timeout=5).json()
+        text = httpx.get(base + "/metrics", timeout=5).text
+    except httpx.HTTPError as exc:
+        print(f"fleet-edge status: cannot reach the node at {base}: {exc}", file=sys.stderr)
+        return 1
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, v = line.rpartition(" ")
+            values[name] = float(v)
+    if args.json:
+        print(json.dumps({"health": health, "metrics": values}, indent=2))
+        return 0
+    print(f"node {health.get('node_id')} (fleet-edge {health.get('version')}) at {base}: "
+          f"{health.get('status')}")
+    for kind in ("metrics", "logs", "heartbeats"):
+        lab = f'{{kind="{kind}"}}'
+        print(f"  {kind:<11} ingested {values.get('fleet_edge_ingested_total' + lab, 0):>12,.0f}"
+              f"  acked {values.get('fleet_edge_acked_total' + lab, 0):>12,.0f}"
+              f"  pending {values.get('fleet_edge_buffer_pending' + lab, 0):>10,.0f}"
+              f"  dropped {values.get('fleet_edge_dropped_total' + lab, 0):>8,.0f}")
+    print(f"  buffer {values.get('fleet_edge_buffer_bytes', 0) / 1e6:,.1f} MB of "
+          f"{values.get('fleet_edge_buffer_disk_budget_bytes', 0) / 1e6:,.0f} MB, backlog age "
+          f"{values.get('fleet_edge_backlog_age_seconds', 0):,.1f} s, dead letters "
+          f"{values.get('fleet_edge_dead_letters', 0):,.0f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "check-config":
+        try:
+            cfg = EdgeConfig.from_toml(args.file)
+        except ConfigError as exc:
+            print(f"{args.file}: invalid: {exc}", file=sys.stderr)
+            return 2
+        if args.print:
+            import dataclasses
+
+            shown = dataclasses.asdict(cfg)
+            shown["central"]["api_key"] = "***"
+            print(json.dumps(shown, indent=2))
+        else:
+            print(f"{args.file}: OK (node {cfg.node_id}, listen {cfg.listen}, data in "
+                  f"{cfg.data_dir}, central {cfg.central.url})")
+        return 0
+    if args.cmd == "example-config":
+        print(EXAMPLE_CONFIG, end="")
+        return 0
+    if args.cmd == "status":
+        return _status(args)
+    level = getattr(args, "log_level", None)
+    if args.cmd == "run":
+        cfg = _load(args.config)
+        logging.basicConfig(level=(level or cfg.log_level).upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        trio.run(_run, cfg)
+        return 0
+    if args.cmd == "demo":
+        from .demo import run_demo
+
+        logging.basicConfig(level=(level or "warning").upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.devices < 1 or args.duration <= 0:
+            print("fleet-edge demo: --devices must be >= 1 and --duration > 0", file=sys.stderr)
+            return 2
+        return trio.run(partial(run_demo, args.devices, args.duration, data_dir=args.data_dir))
+    return 2  # pragma: no cover - argparse enforces the command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The forwarder: ships buffered segments to central, one batch in flight, until acknowledged.
+
+Outcomes of a send (the state machine is :func:`classify`, sans-IO)::
+
+    2xx                 ack: delete the segment, remember the series central now knows
+    409 missing_series  central lacks definitions: mark them unknown, resend at once
+    400 / 413 / 422     malformed: move the segment to the dead-letter table, go on
+    anything else       (401/403, 429, 5xx, network errors) back off with jitter, retry forever;
+                        ``Retry-After`` is honoured
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from .backoff import Backoff, parse_retry_after
+from .buffer import PendingSegment
+from .config import EdgeConfig
+from .metrics import Registry
+from .wire import BATCH_CONTENT_TYPE, Batch, decode_segment, encode_batch
+from .writer import BufferService
+
+log = logging.getLogger("fleet_edge.forward")
+
+ACK, RESEND, DEAD_LETTER, RETRY = "ack", "resend", "dead_letter", "retry"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str
+    reason: str = ""
+    missing: tuple[int, ...] = ()
+    retry_after_s: float | None = None
+
+
+def classify(status: int, body: Any, retry_after: str | None, now_s: float) -> Verdict:
+    """Decide what to do with a segment after central answered ``status``."""
+    if 200 <= status < 300:
+        return Verdict(ACK)
+    reason = ""
+    if isinstance(body, dict):
+        reason = str(body.get("error", ""))
+    if status == 409 and isinstance(body, dict) and isinstance(body.get("missing_series"), list):
+        return Verdict(RESEND, reason, tuple(int(x) for x in body["missing_series"]))
+    if status in (400, 413, 422):
+        return Verdict(DEAD_LETTER, reason or f"HTTP {status}")
+    return Verdict(RETRY, reason or f"HTTP {status}", retry_after_s=parse_retry_after(
+        retry_after, now_s))
+
+
+class Forwarder:
+    """Sends segments from a :class:`BufferService` with an injectable ``httpx.AsyncClient``."""
+
+    def __init__(self, cfg: EdgeConfig, buffer: BufferService, client: httpx.AsyncClient,
+                 registry: Registry) -> None:
+        self.cfg = cfg
+        self.buffer = buffer
+        self.client = client
+        self.url = cfg.central.url.rstrip("/") + "/api/v1/batches"
+        self.backoff = Backoff(cfg.central.backoff_initial_s, cfg.central.backoff_max_s)
+        self.connected = False
+        self.last_error = ""
+        self.idle = trio.Event()
+        r = registry
+        self.m_forwarded = r.counter("forwarded_total", "Rows sent to central (incl. retries).",
+                                     ("kind",))
+        self.m_acked = r.counter("acked_total", "Rows central acknowledged.", ("kind",))
+        self.m_bytes = r.counter("forwarded_bytes_total", "Batch bytes sent to central.")
+        self.m_errors = r.counter("forward_errors_total", "Failed sends, by reason.",
+                                  ("reason",))
+        self.m_dead = r.counter("dead_lettered_total",
+                                "Rows moved to the dead-letter table.", ("kind",))
+        counters = buffer.stats_cache.counters
+        for kind in ("heartbeats", "metrics", "logs"):
+            self.m_acked.inc(counters.get(f"acked_{kind}", 0), kind)
+            self.m_dead.inc(counters.get(f"dead_lettered_{kind}", 0), kind)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        while True:
+            seg = await self.buffer.next_segment()
+            if seg is None:
+                self.idle.set()
+                with trio.move_on_after(1.0):
+                    await self.buffer.segment_ready.wait()
+                continue
+            self.idle = trio.Event()
+            await self.deliver(seg)
+
+    async def deliver(self, seg: PendingSegment) -> None:
+        """Send ``seg`` until it is acknowledged or dead-lettered."""
+        buf = self.buffer
+        buf.inflight.add(seg.seq)
+        try:
+            defs_ok = True
+            while True:
+                defs = await self._defs_for(seg) if defs_ok else []
+                low = await buf.run(buf.store.low_watermark)
+                body = encode_batch(Batch(node_id=self.cfg.node_id, seq=seg.seq, kind=seg.kind,
+                                          segment=seg.blob, rows=seg.n, low_watermark=low,
+                                          series_defs=defs, epoch=buf.store.epoch))
+                await buf.run(buf.store.mark_attempt, seg.seq)
+                verdict = await self._send(body, seg)
+                if verdict.action == ACK:
+                    # The ack must be recorded even if we are being cancelled right now.
+                    with trio.CancelScope(shield=True):
+                        await buf.run(buf.store.ack, seg.seq, seg.kind, seg.n,
+                                      [sid for sid, _ in defs])
+                    self.m_acked.inc(seg.n, seg.kind)
+                    self.backoff.reset()
+                    return
+                if verdict.action == RESEND:
+                    log.info("central lacks %d series definitions; resending",
+                             len(verdict.missing))
+                    await buf.run(buf.store.mark_series, verdict.missing, False)
+                    if self.backoff.failures > 3:
+                        await trio.sleep(self.backoff.next_delay())
+                    else:
+                        self.backoff.failures += 1
+                    continue
+                if verdict.action == DEAD_LETTER:
+                    log.error("central refused segment %d (%d %s rows) as malformed: %s; moved "
+                              "to the dead-letter table", seg.seq, seg.n, seg.kind,
+                              verdict.reason)
+                    with trio.CancelScope(shield=True):
+                        await buf.run(buf.store.dead_letter, seg.seq, verdict.reason)
+                    self.m_dead.inc(seg.n, seg.kind)
+                    return
+                delay = self.backoff.next_delay(verdict.retry_after_s)
+                log.warning("sending segment %d failed (%s); retry in %.1fs", seg.seq,
+                            verdict.reason, delay)
+                await trio.sleep(delay)
+        finally:
+            buf.inflight.discard(seg.seq)
+
+    async def _defs_for(self, seg: PendingSegment) -> list[tuple[int, dict[str, str]]]:
+        buf = self.buffer
+        if await buf.run(buf.store.unacked_series_count) == 0:
+            return []
+        ids = await trio.to_thread.run_sync(
+            lambda: sorted({int(x) for x in decode_segment(seg.blob).series.tolist()}))
+        return await buf.run(buf.store.unacked_series, ids)  # type: ignore[no-any-return]
+
+    async def _send(self, body: bytes, seg: PendingSegment) -> Verdict:
+        headers = {"Authorization": f"Bearer {self.cfg.central.api_key}",
+                   "Content-Type": BATCH_CONTENT_TYPE}
+        self.m_forwarded.inc(seg.n, seg.kind)
+        self.m_bytes.inc(len(body))
+        try:
+            with trio.fail_after(self.cfg.central.timeout_s):
+                resp = await self.client.post(self.url, content=body, headers=headers)
+        except (httpx.HTTPError, trio.TooSlowError) as exc:
+            self.connected = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.m_errors.inc(1, "network")
+            return Verdict(RETRY, self.last_error)
+        try:
+            payload = resp.json()
+        except ValueError:
+            payload = None
+        verdict = classify(resp.status_code, payload, resp.headers.get("Retry-After"),
+                           time.time())
+        self.connected = verdict.action != RETRY
+        if verdict.action != ACK:
+            self.last_error = f"HTTP {resp.status_code}: {verdict.reason}"
+            self.m_errors.inc(1, str(resp.status_code))
+        return verdict

@@ -1,0 +1,134 @@
+"""The edge node: buffer, forwarder and ingest server in one nursery.
+
+Shutdown order (SIGTERM or :meth:`EdgeNode.stop`): the HTTP server stops accepting and lets
+requests in progress finish (up to ``drain_timeout_s``) while the writer still commits them; then
+whatever is still queued is committed (shielded) and the remaining tasks are cancelled. A send to
+central in progress records its ack even while being cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve
+
+from . import __version__
+from .buffer import Store
+from .config import EdgeConfig
+from .forward import Forwarder
+from .ingest import create_app
+from .metrics import Registry
+from .writer import BufferService
+
+log = logging.getLogger("fleet_edge.node")
+
+
+@dataclass
+class EdgeNode:
+    """A running node: where it listens and its parts (for tests, the demo and status)."""
+
+    cfg: EdgeConfig
+    url: str
+    buffer: BufferService
+    forwarder: Forwarder
+    registry: Registry
+    stop_event: trio.Event = field(default_factory=trio.Event)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd about our state when run as a ``Type=notify`` unit (no-op otherwise)."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(addr)
+            s.sendall(message.encode())
+        except OSError as exc:
+            log.debug("sd_notify failed: %s", exc)
+
+
+async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None,
+                        task_status: trio.TaskStatus[EdgeNode] = trio.TASK_STATUS_IGNORED
+                        ) -> None:
+    """Run a node until its ``stop()`` is called; ``task_status.started`` gets the handle."""
+    store = await trio.to_thread.run_sync(
+        lambda: Store(cfg.db_path, synchronous=cfg.buffer.synchronous))
+    registry = Registry("fleet_edge")
+    registry.gauge("build_info", "Version of this edge node.", ("version", "node_id"),
+                   callback=lambda: {(__version__, cfg.node_id): 1.0})
+    buffer = BufferService(store, cfg.buffer, registry)
+    own_client = client is None
+    if client is None:
+        client = httpx.AsyncClient(timeout=cfg.central.timeout_s)
+    try:
+        forwarder = Forwarder(cfg, buffer, client, registry)
+        health: dict[str, Any] = {"version": __version__}
+        app = create_app(cfg, buffer, registry, health)
+        hc = HyperConfig()
+        hc.bind = [cfg.listen]
+        hc.graceful_timeout = cfg.drain_timeout_s
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("fleet_edge.http")
+        hc.keep_alive_timeout = 75
+        stop = trio.Event()
+        served = trio.Event()
+
+        async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+            finally:
+                served.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(buffer.serve)
+            nursery.start_soon(forwarder.run)
+            binds = await nursery.start(serve_http)
+            node = EdgeNode(cfg=cfg, url=binds[0], buffer=buffer, forwarder=forwarder,
+                            registry=registry)
+            log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
+                     cfg.central.url)
+            sd_notify("READY=1")
+            task_status.started(node)
+            await node.stop_event.wait()
+            log.info("stopping: no new requests; finishing those in progress")
+            sd_notify("STOPPING=1")
+            stop.set()
+            # serve() returns once in-flight requests finished (bounded by graceful_timeout)
+            with trio.move_on_after(cfg.drain_timeout_s + 1):
+                await served.wait()
+            await buffer.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        if own_client:
+            with trio.CancelScope(shield=True):
+                await client.aclose()
+        await trio.to_thread.run_sync(store.close)
+        log.info("edge node %s stopped", cfg.node_id)
+
+
+@asynccontextmanager
+async def open_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None
+                         ) -> AsyncIterator[EdgeNode]:
+    """``async with open_edge_node(cfg) as node:`` runs a node for the block's duration."""
+    async with trio.open_nursery() as nursery:
+        node: EdgeNode = await nursery.start(partial(run_edge_node, cfg, client=client))
+        try:
+            yield node
+        finally:
+            node.stop()

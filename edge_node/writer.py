@@ -1,0 +1,240 @@
+"""The Trio shell around the SQLite buffer: group commit, rolling, merging, disk budget.
+
+One task owns the write path. Ingest handlers put a ticket on a bounded channel and wait; the
+writer takes every ticket that is waiting (plus those arriving within ``commit_window_ms``),
+commits them in one transaction (one fsync) on the store's thread, then wakes them all. A full
+channel makes handlers wait, which is how back-pressure reaches the devices.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from .buffer import PendingSegment, Store, now_ms
+from .config import BufferConfig
+from .errors import BufferError_
+from .metrics import Registry
+from .model import IngestBatch, SeriesKey
+from .wire import KINDS, Columns, decode_segment, encode_segment
+
+log = logging.getLogger("fleet_edge.buffer")
+
+# Largest number of requests committed in one transaction; bounds commit latency.
+_MAX_GROUP = 512
+
+
+@dataclass
+class _Ticket:
+    batch: IngestBatch
+    ids: dict[SeriesKey, int]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+class BufferService:
+    """Owns the :class:`Store` and every task that writes to it."""
+
+    def __init__(self, store: Store, cfg: BufferConfig, registry: Registry) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.limiter = trio.CapacityLimiter(1)
+        self.series, self.next_sid = store.load_series()
+        self.unsaved: list[tuple[int, SeriesKey]] = []
+        self.inflight: set[int] = set()
+        self.segment_ready = trio.Event()
+        self._send, self._recv = trio.open_memory_channel[_Ticket](cfg.queue_size)
+        self._closed = False
+        self.max_bytes = int(cfg.max_disk_mb * 1024 * 1024)
+        r = registry
+        self.m_committed = r.counter("committed_total",
+                                     "Rows durably committed to the buffer.", ("kind",))
+        self.m_commits = r.counter("buffer_commits_total",
+                                   "Group-commit transactions (one fsync each).")
+        self.m_commit_requests = r.counter("buffer_commit_requests_total",
+                                           "Requests committed (requests / commits = group size).")
+        self.m_dropped = r.counter("dropped_total",
+                                   "Rows dropped to stay within the disk budget.", ("kind",))
+        self.m_rolls = r.counter("segments_rolled_total", "Segments made from the journal.")
+        self.m_merged = r.counter("segments_merged_total",
+                                  "Backlogged segments merged into denser ones.")
+        self.stats_cache = store.stats()
+        for kind in KINDS:
+            self.m_dropped.inc(self.stats_cache.counters.get(f"dropped_{kind}", 0), kind)
+        r.gauge("buffer_bytes", "Bytes the buffer uses on disk (live pages).",
+                callback=lambda: float(self.stats_cache.used_bytes))
+        r.gauge("buffer_pending", "Rows waiting to be acknowledged by central.", ("kind",),
+                callback=lambda: {(k,): float(v) for k, v in self.stats_cache.pending.items()})
+        r.gauge("backlog_age_seconds", "Age of the oldest unacknowledged data.",
+                callback=self._backlog_age)
+        r.gauge("dead_letters", "Segments central refused as malformed (kept in the buffer).",
+                callback=lambda: float(self.stats_cache.dead_letters))
+        r.gauge("buffer_disk_budget_bytes", "The configured disk budget.",
+                callback=lambda: float(self.max_bytes))
+
+    def _backlog_age(self) -> float:
+        oldest = self.stats_cache.oldest_ms
+        return 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
+
+    # -- the ingest side ------------------------------------------------------------------------
+
+    def intern(self, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
+        """Series ids for ``keys``, allocating (not yet durable) ids for new ones."""
+        out: dict[SeriesKey, int] = {}
+        series = self.series
+        for k in keys:
+            sid = series.get(k)
+            if sid is None:
+                sid = self.next_sid
+                self.next_sid += 1
+                series[k] = sid
+                self.unsaved.append((sid, k))
+            out[k] = sid
+        return out
+
+    async def write(self, batch: IngestBatch) -> None:
+        """Return once ``batch`` is durably committed.
+
+        Raises:
+            BufferError_: the commit failed; nothing of the batch is stored.
+        """
+        if self._closed:
+            raise BufferError_("the buffer is shutting down")
+        keys = list(dict.fromkeys([*batch.metric_keys, *batch.log_keys, *batch.hb_keys]))
+        ticket = _Ticket(batch, self.intern(keys))
+        await self._send.send(ticket)
+        await ticket.done.wait()
+        if ticket.error is not None:
+            raise BufferError_(f"commit failed: {ticket.error}") from ticket.error
+
+    async def _writer(self) -> None:
+        window = self.cfg.commit_window_ms / 1000
+        # The receive side is not closed when this task ends: close() commits what is left.
+        while True:
+            group = [await self._recv.receive()]
+            if window > 0:
+                await trio.sleep(window)
+            while len(group) < _MAX_GROUP:
+                try:
+                    group.append(self._recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            await self._commit(group)
+
+    async def _commit(self, group: list[_Ticket]) -> None:
+        new = list(self.unsaved)
+        try:
+            with trio.CancelScope(shield=True):  # a commit in progress must finish and report
+                await self.run(self.store.append, new, [(t.batch, t.ids) for t in group])
+        except Exception as exc:
+            log.error("buffer commit of %d requests failed: %s", len(group), exc)
+            for t in group:
+                t.error = exc
+                t.done.set()
+            return
+        del self.unsaved[:len(new)]
+        self.m_commits.inc()
+        self.m_commit_requests.inc(len(group))
+        for t in group:
+            b = t.batch
+            self.m_committed.inc(b.n_samples, "metrics")
+            self.m_committed.inc(b.n_logs, "logs")
+            self.m_committed.inc(b.n_heartbeats, "heartbeats")
+            t.done.set()
+
+    async def run(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run a blocking store call on the store's thread (one at a time)."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # -- background upkeep ----------------------------------------------------------------------
+
+    async def _roller(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.roll_interval_s)
+            await self.roll_now()
+
+    async def roll_now(self) -> None:
+        made = await self.run(self.store.roll)
+        if made:
+            self.m_rolls.inc(len(made))
+            self.segment_ready.set()
+            self.segment_ready = trio.Event()
+        dropped = await self.run(self.store.enforce_budget, self.max_bytes, set(self.inflight))
+        for kind, n in dropped.items():
+            self.m_dropped.inc(n, kind)
+            log.warning("disk budget reached: dropped the %d oldest %s rows", n, kind)
+        self.stats_cache = await self.run(self.store.stats)
+
+    async def _merger(self, merge_store: Store) -> None:
+        """Merge backlogged small segments into dense ones on a second connection/thread."""
+        lim = trio.CapacityLimiter(1)
+        while True:
+            await trio.sleep(max(self.cfg.roll_interval_s, 1.0))
+            for kind in ("metrics", "logs"):
+                cands = await trio.to_thread.run_sync(
+                    lambda k=kind: merge_store.merge_candidates(
+                        k, older_than_ms=now_ms() - int(self.cfg.merge_after_s * 1000),
+                        max_rows=self.cfg.segment_max_samples, exclude=set(self.inflight)),
+                    limiter=lim)
+                if not cands:
+                    continue
+                seqs = [s for s, _ in cands]
+                new = await trio.to_thread.run_sync(
+                    self._merge_blocking, merge_store, kind, seqs, limiter=lim)
+                if new:
+                    self.m_merged.inc(len(seqs))
+                    log.debug("merged %d %s segments into %d", len(seqs), kind, new)
+
+    @staticmethod
+    def _merge_blocking(store: Store, kind: str, seqs: list[int]) -> int:
+        parts = [decode_segment(b) for b in store.read_segments(seqs)]
+        if len(parts) != len(seqs):
+            return 0
+        cols = Columns(kind=kind, series=np.concatenate([p.series for p in parts]),
+                       ts=np.concatenate([p.ts for p in parts]))
+        if kind == "metrics":
+            cols.values = np.concatenate([p.values for p in parts if p.values is not None])
+        if kind == "logs":
+            cols.lines = [ln for p in parts for ln in (p.lines or [])]
+        # Backlog segments are written once and may wait long: spend CPU for density.
+        seg = encode_segment(cols, level=9)
+        return store.replace_segments(seqs, kind, cols, seg)
+
+    # -- the forwarder side ---------------------------------------------------------------------
+
+    async def next_segment(self) -> PendingSegment | None:
+        return await self.run(self.store.next_segment, set(self.inflight))  # type: ignore[no-any-return]
+
+    async def refresh_stats(self) -> None:
+        self.stats_cache = await self.run(self.store.stats)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """Run the writer, roller and merger until cancelled; then commit what is queued."""
+        merge_store = Store(self.store.path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._roller)
+                nursery.start_soon(self._merger, merge_store)
+                task_status.started()
+        finally:
+            merge_store.close()
+
+    async def close(self) -> None:
+        """Refuse new writes and commit every request already queued (shielded)."""
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            group: list[_Ticket] = []
+            while True:
+                try:
+                    group.append(self._recv.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            if group:
+                await self._commit(group)
