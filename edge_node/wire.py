@@ -110,8 +110,10 @@ def _exact_at(v: F64, e: int) -> tuple[npt.NDArray[np.bool_], F64]:
     p = float(10**e)
     with np.errstate(invalid="ignore", over="ignore"):
         s = np.round(v * p)
-        back = s / p
-        ok = (back.view(np.int64) == v.view(np.int64)) & (np.abs(s) < _TWO53)
+        fits = np.abs(s) < _TWO53  # also False for NaN and infinities
+        # compare through the integer we would store: that is what decoding sees (-0.0 -> 0)
+        back = np.where(fits, s, 0.0).astype(np.int64).astype(np.float64) / p
+        ok = (back.view(np.int64) == v.view(np.int64)) & fits
     return ok, s
 
 
@@ -304,7 +306,7 @@ def _decode_doc(doc: dict[str, Any]) -> Columns:
         if (lens < 0).any() or int(lens.sum()) != len(txt):
             raise WireError("log line lengths do not match the text column")
         ends = np.cumsum(lens).tolist()
-        begins = [0, *ends[:-1]]
+        begins = [0, *ends[:-1]] if ends else []
         out.lines = [txt[b:e] for b, e in zip(begins, ends, strict=True)]
     return out
 

@@ -1,0 +1,72 @@
+"""Shared fixtures: an in-process central (embedded SQLite) and edge configs pointing at it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from central.server import CentralHandle, run_central
+from central.sinks.sqlite import SQLiteStore
+from edge_node.config import EdgeConfig
+
+
+@dataclass
+class Central:
+    handle: CentralHandle
+    store: SQLiteStore
+    node_id: str
+    key: str
+
+    @property
+    def url(self) -> str:
+        return self.handle.url
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+
+@pytest.fixture
+async def central(tmp_path: Path) -> AsyncIterator[Central]:
+    store = SQLiteStore(tmp_path / "central")
+    key = store.add_node("edge-1", "org-a")
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(partial(run_central, store, "127.0.0.1:0", graceful_s=1))
+        yield Central(handle, store, "edge-1", key)
+        handle.stop()
+
+
+def edge_config(tmp_path: Path, central: Central | None = None, **overrides: Any) -> EdgeConfig:
+    data: dict[str, Any] = {
+        "node_id": central.node_id if central else "edge-1",
+        "listen": "127.0.0.1:0",
+        "data_dir": str(tmp_path / "edge"),
+        "drain_timeout_s": 2.0,
+        "central": {"url": central.url if central else "http://127.0.0.1:9",
+                    "api_key": central.key if central else "k",
+                    "backoff_initial_s": 0.05, "backoff_max_s": 0.5},
+        "buffer": {"roll_interval_s": 0.1, "commit_window_ms": 1.0},
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
+    return EdgeConfig.from_mapping(data, env={})
+
+
+async def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05) -> None:
+    """Poll ``pred()`` (sync or async) until true; fail after ``timeout`` seconds."""
+    with trio.fail_after(timeout):
+        while True:
+            got = pred()
+            if hasattr(got, "__await__"):
+                got = await got
+            if got:
+                return
+            await trio.sleep(interval)

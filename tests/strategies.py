@@ -1,0 +1,74 @@
+"""Hypothesis strategies shared by the tests (kept in the repo so fuzzing is repeatable)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from edge_node.wire import Columns
+
+TS_MIN, TS_MAX = 1_000_000_000_000, 9_999_999_999_999
+
+label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,15}", fullmatch=True).filter(
+    lambda s: s not in ("device", "__name__"))
+label_values = st.text(max_size=20)
+metric_names = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,30}", fullmatch=True)
+
+values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**53), 2**53).map(float),
+    st.decimals(min_value=-10**6, max_value=10**6, places=3, allow_nan=False,
+                allow_infinity=False).map(float),
+)
+
+
+@st.composite
+def metric_columns(draw: st.DrawFn, max_rows: int = 200) -> Columns:
+    n = draw(st.integers(0, max_rows))
+    series = draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n))
+    ts = draw(st.lists(st.integers(TS_MIN, TS_MAX), min_size=n, max_size=n))
+    vals = draw(st.lists(values, min_size=n, max_size=n))
+    return Columns("metrics", np.array(series, dtype=np.int64), np.array(ts, dtype=np.int64),
+                   np.array(vals, dtype=np.float64))
+
+
+@st.composite
+def log_columns(draw: st.DrawFn, max_rows: int = 50) -> Columns:
+    n = draw(st.integers(0, max_rows))
+    series = draw(st.lists(st.integers(0, 1000), min_size=n, max_size=n))
+    ts = draw(st.lists(st.integers(TS_MIN, TS_MAX), min_size=n, max_size=n))
+    lines = draw(st.lists(st.binary(max_size=100), min_size=n, max_size=n))
+    return Columns("logs", np.array(series, dtype=np.int64), np.array(ts, dtype=np.int64),
+                   lines=lines)
+
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                         st.floats(allow_nan=False), st.text(max_size=20))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20)
+
+
+@st.composite
+def native_payloads(draw: st.DrawFn) -> object:
+    """Mostly-valid native payloads with random corruption mixed in."""
+    metric = st.fixed_dictionaries(
+        {"name": st.one_of(metric_names, json_scalars), "value": st.one_of(values, json_scalars)},
+        optional={"ts": st.one_of(st.integers(TS_MIN, TS_MAX), json_scalars),
+                  "labels": st.one_of(st.dictionaries(label_names, label_values, max_size=3),
+                                      json_values)})
+    log = st.fixed_dictionaries(
+        {"line": st.one_of(st.text(max_size=40), json_scalars)},
+        optional={"level": st.sampled_from(["info", "error", "bogus"]),
+                  "ts": st.integers(TS_MIN, TS_MAX)})
+    obj = st.fixed_dictionaries(
+        {"device_id": st.one_of(st.text(min_size=1, max_size=10), json_scalars)},
+        optional={"labels": st.one_of(st.dictionaries(label_names, label_values, max_size=3),
+                                      json_values),
+                  "metrics": st.one_of(st.lists(metric, max_size=5), json_values),
+                  "logs": st.one_of(st.lists(log, max_size=3), json_values),
+                  "heartbeat": st.one_of(st.booleans(), json_scalars),
+                  "junk": json_values})
+    return draw(st.one_of(obj, st.lists(obj, max_size=3), json_values))

@@ -1,0 +1,176 @@
+"""The SQLite store, called directly: journal, segments, acks, dead letters, disk budget."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from edge_node.buffer import Store
+from edge_node.model import IngestBatch, SeriesKey
+from edge_node.wire import decode_segment, encode_segment
+
+NOW = 1_795_839_600_000
+
+
+def _batch(n: int, *, device: str = "d", logs: int = 0, hb: bool = False,
+           t0: int = NOW) -> IngestBatch:
+    b = IngestBatch()
+    for i in range(n):
+        b.metric_keys.append((("__name__", f"m{i % 10}"), ("device", device)))
+        b.metric_ts.append(t0 + i)
+        b.metric_values.append(float(i))
+    for i in range(logs):
+        b.log_keys.append((("device", device), ("level", "info")))
+        b.log_ts.append(t0 + i)
+        b.log_lines.append(f"line {i} ".encode() + random.randbytes(40).hex().encode())
+    if hb:
+        b.hb_keys.append((("__name__", "fleet_heartbeat"), ("device", device)))
+        b.hb_ts.append(t0)
+    return b
+
+
+class Interner:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ids, self.next = store.load_series()
+
+    def append(self, *batches: IngestBatch) -> None:
+        new: list[tuple[int, SeriesKey]] = []
+        mapping: dict[SeriesKey, int] = {}
+        for b in batches:
+            for k in [*b.metric_keys, *b.log_keys, *b.hb_keys]:
+                if k not in self.ids:
+                    self.ids[k] = self.next
+                    new.append((self.next, k))
+                    self.next += 1
+                mapping[k] = self.ids[k]
+        self.store.append(new, [(b, mapping) for b in batches])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "buf.sqlite3")
+    yield s
+    s.close()
+
+
+def test_append_roll_forward_ack(store: Store) -> None:
+    it = Interner(store)
+    it.append(_batch(100, logs=3, hb=True), _batch(50, device="e"))
+    assert store.stats().pending == {"heartbeats": 1, "metrics": 150, "logs": 3}
+    seqs = store.roll()
+    assert len(seqs) == 3
+    assert store.stats().journal_rows == 0
+    first = store.next_segment()
+    assert first is not None and first.kind == "heartbeats"  # highest priority first
+    cols = decode_segment(first.blob)
+    assert len(cols) == 1
+    store.ack(first.seq, first.kind, first.n, [])
+    nxt = store.next_segment()
+    assert nxt is not None and nxt.kind == "metrics" and nxt.n == 150
+    assert store.next_segment(exclude={nxt.seq}).kind == "logs"  # type: ignore[union-attr]
+    store.ack(nxt.seq, nxt.kind, nxt.n, [1, 2])
+    assert store.counters()["acked_metrics"] == 150
+    assert store.low_watermark() == seqs[2]
+
+
+def test_series_and_epoch_survive_reopen(tmp_path: Path) -> None:
+    s = Store(tmp_path / "b.sqlite3")
+    Interner(s).append(_batch(20))
+    epoch = s.epoch
+    s.close()
+    s2 = Store(tmp_path / "b.sqlite3")
+    ids, nxt = s2.load_series()
+    assert len(ids) == 10 and nxt == 11
+    assert s2.epoch == epoch
+    assert s2.stats().pending["metrics"] == 20
+    s2.close()
+
+
+def test_seq_is_never_reused(store: Store) -> None:
+    it = Interner(store)
+    it.append(_batch(5))
+    (a,) = store.roll()
+    store.ack(a, "metrics", 5)
+    it.append(_batch(5))
+    (b,) = store.roll()
+    assert b > a
+    assert store.low_watermark() == b
+    store.ack(b, "metrics", 5)
+    assert store.low_watermark() == b + 1
+
+
+def test_dead_letter(store: Store) -> None:
+    it = Interner(store)
+    it.append(_batch(10))
+    (seq,) = store.roll()
+    store.dead_letter(seq, "central said: bad")
+    assert store.next_segment() is None
+    (dl,) = store.dead_letters()
+    assert dl["seq"] == seq and dl["reason"] == "central said: bad" and dl["n"] == 10
+    assert store.counters()["dead_lettered_metrics"] == 10
+
+
+def test_budget_drops_oldest_logs_first_never_heartbeats(store: Store) -> None:
+    it = Interner(store)
+    for i in range(30):
+        it.append(_batch(2000, logs=200, hb=True, t0=NOW + i * 10_000, device=f"d{i}"))
+        store.roll()
+    used = store.used_bytes()
+    dropped = store.enforce_budget(used // 2)
+    assert dropped.get("logs", 0) > 0
+    assert "heartbeats" not in dropped
+    st = store.stats()
+    assert st.pending["heartbeats"] == 30
+    assert store.used_bytes() <= used // 2 + 64 * 1024
+    c = store.counters()
+    assert c["dropped_logs"] == dropped["logs"]
+    # the oldest went first: whatever logs remain are the newest
+    remaining = [decode_segment(b).ts.min() for b in store.read_segments(
+        [r[0] for r in store.conn.execute("SELECT seq FROM segments WHERE kind='logs'")])]
+    assert all(t >= NOW + 10_000 for t in remaining)
+
+
+def test_budget_then_drops_metrics(store: Store) -> None:
+    it = Interner(store)
+    for i in range(10):
+        it.append(_batch(5000, hb=True, t0=NOW + i * 10_000))
+        store.roll()
+    dropped = store.enforce_budget(1)
+    assert dropped["metrics"] == 50_000
+    assert store.stats().pending == {"heartbeats": 10, "metrics": 0, "logs": 0}
+
+
+def test_merge_backlog(store: Store) -> None:
+    it = Interner(store)
+    for i in range(5):
+        it.append(_batch(100, t0=NOW + i * 1000))
+        store.roll()
+    cands = store.merge_candidates("metrics", older_than_ms=2**62, max_rows=350)
+    assert [n for _, n in cands] == [100, 100, 100]
+    seqs = [s for s, _ in cands]
+    import numpy as np
+
+    from edge_node.wire import Columns
+
+    parts = [decode_segment(b) for b in store.read_segments(seqs)]
+    cols = Columns("metrics", np.concatenate([p.series for p in parts]),
+                   np.concatenate([p.ts for p in parts]),
+                   np.concatenate([p.values for p in parts]))  # type: ignore[misc]
+    new = store.replace_segments(seqs, "metrics", cols, encode_segment(cols))
+    assert new > max(seqs)
+    assert store.stats().pending["metrics"] == 500
+    # a segment already attempted is never merged (central may have applied it)
+    store.mark_attempt(new)
+    assert store.replace_segments([new], "metrics", cols, encode_segment(cols)) == 0
+
+
+def test_integrity_check_reports_corrupt_segments(store: Store) -> None:
+    it = Interner(store)
+    it.append(_batch(10))
+    (seq,) = store.roll()
+    assert store.integrity_check() == []
+    store.conn.execute("UPDATE segments SET blob=x'00' WHERE seq=?", (seq,))
+    assert any(f"segment {seq}" in p for p in store.integrity_check())

@@ -1,0 +1,135 @@
+"""The native ingest parser: what it accepts, and that every refusal names the field."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given, settings
+
+from edge_node.config import IngestConfig
+from edge_node.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMedia
+from edge_node.protocols.decode import decompress
+from edge_node.protocols.native import NativeParser, decode_body
+from tests.strategies import native_payloads
+
+NOW = 1_795_839_600_000
+
+
+@pytest.fixture
+def parser() -> NativeParser:
+    return NativeParser(IngestConfig())
+
+
+def test_full_payload(parser: NativeParser) -> None:
+    doc = {"device_id": "dev-1", "labels": {"site": "s1"},
+           "metrics": [{"name": "cpu_usage_percent", "value": 12.5, "ts": NOW,
+                        "labels": {"core": "0"}},
+                       {"name": "up", "value": 1}],
+           "logs": [{"ts": NOW, "line": "hello", "level": "info", "labels": {"app": "x"}}],
+           "heartbeat": True}
+    b = parser.parse(doc, NOW + 5)
+    assert b.n_samples == 2 and b.n_logs == 1 and b.n_heartbeats == 1
+    assert dict(b.metric_keys[0]) == {"__name__": "cpu_usage_percent", "device": "dev-1",
+                                      "site": "s1", "core": "0"}
+    assert b.metric_ts == [NOW, NOW + 5]  # missing ts -> receive time
+    assert b.metric_values == [12.5, 1.0]
+    assert dict(b.log_keys[0]) == {"device": "dev-1", "site": "s1", "app": "x", "level": "info"}
+    assert b.log_lines == [b"hello"]
+
+
+def test_list_of_objects(parser: NativeParser) -> None:
+    docs = [{"device_id": f"d{i}", "metrics": [{"name": "x", "value": i}]} for i in range(3)]
+    assert parser.parse(docs, NOW).n_samples == 3
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"metrics": []}, "device_id"),
+    ({"device_id": "d", "metrics": [{"name": "1bad", "value": 1}]}, "metrics[0].name"),
+    ({"device_id": "d", "metrics": [{"name": "x", "value": "1"}]}, "metrics[0].value"),
+    ({"device_id": "d", "metrics": [{"name": "x", "value": True}]}, "metrics[0].value"),
+    ({"device_id": "d", "metrics": [{"name": "x"}]}, "metrics[0].value"),
+    ({"device_id": "d", "metrics": [{"name": "x", "value": 1, "ts": 1795839600}]},
+     "metrics[0].ts"),
+    ({"device_id": "d", "metrics": [{"name": "x", "value": 1, "tz": 1}]}, "metrics[0].tz"),
+    ({"device_id": "d", "metrics": [{"name": "x", "value": 1, "labels": {"device": "e"}}]},
+     "metrics[0].labels.device"),
+    ({"device_id": "d", "metrics": [{"name": "x", "value": 1, "labels": {"a": 1}}]},
+     "metrics[0].labels.a"),
+    ({"device_id": "d", "logs": [{"line": 5}]}, "logs[0].line"),
+    ({"device_id": "d", "logs": [{"line": "x", "level": "loud"}]}, "logs[0].level"),
+    ({"device_id": "d", "heartbeat": "yes"}, "heartbeat"),
+    ({"device_id": "d", "colour": 1}, "colour"),
+    ({"device_id": "d"}, "body"),
+    ([{"device_id": "d", "heartbeat": True}, {"device_id": 5}], "[1].device_id"),
+])
+def test_errors_name_the_field(parser: NativeParser, doc: object, field: str) -> None:
+    with pytest.raises(IngestError) as info:
+        parser.parse(doc, NOW)
+    assert info.value.field == field
+    assert 400 <= info.value.status < 500
+
+
+def test_sample_limit_is_413(parser: NativeParser) -> None:
+    p = NativeParser(IngestConfig(max_samples_per_request=2))
+    with pytest.raises(PayloadTooLarge):
+        p.parse({"device_id": "d", "metrics": [{"name": "x", "value": 1}] * 3}, NOW)
+
+
+def test_label_limits() -> None:
+    p = NativeParser(IngestConfig(max_labels_per_series=3, max_label_value_length=16))
+    with pytest.raises(BadRequest, match="labels"):
+        p.parse({"device_id": "d", "labels": {"a": "1", "b": "2"},
+                 "metrics": [{"name": "x", "value": 1}]}, NOW)
+    with pytest.raises(BadRequest, match="longer"):
+        p.parse({"device_id": "d", "labels": {"a": "x" * 17}, "heartbeat": True}, NOW)
+
+
+@settings(max_examples=400)
+@given(native_payloads())
+def test_fuzz_only_ingest_errors_escape(doc: object) -> None:
+    parser = NativeParser(IngestConfig())
+    for body, ctype in ((json.dumps(doc).encode(), "application/json"),
+                        (msgpack.packb(doc), "application/msgpack")):
+        try:
+            parser.parse(decode_body(body, ctype), NOW)
+        except IngestError as exc:
+            assert exc.status in (400, 413)
+
+
+def test_content_types() -> None:
+    assert decode_body(b'{"a": 1}', "application/json; charset=utf-8") == {"a": 1}
+    assert decode_body(msgpack.packb([1]), "application/msgpack") == [1]
+    with pytest.raises(UnsupportedMedia):
+        decode_body(b"x", "text/plain")
+    with pytest.raises(BadRequest, match="JSON"):
+        decode_body(b"{", "application/json")
+
+
+@pytest.mark.parametrize("enc", ["zstd", "gzip"])
+def test_compressed_bodies(enc: str) -> None:
+    raw = b'{"device_id": "d", "heartbeat": true}' * 10
+    body = zstandard.compress(raw) if enc == "zstd" else gzip.compress(raw)
+    assert decompress(body, enc, 1 << 20) == raw
+
+
+@pytest.mark.parametrize("enc", ["zstd", "gzip"])
+def test_bombs_are_refused_without_inflating(enc: str) -> None:
+    raw = b"\0" * (256 << 20)  # 256 MiB of zeros compresses to a few hundred KiB
+    body = zstandard.compress(raw) if enc == "zstd" else gzip.compress(raw, 1)
+    assert len(body) < 2 << 20
+    with pytest.raises(PayloadTooLarge):
+        decompress(body, enc, 1 << 20)
+
+
+def test_bad_encodings() -> None:
+    with pytest.raises(UnsupportedMedia):
+        decompress(b"x", "br", 100)
+    with pytest.raises(BadRequest):
+        decompress(b"not zstd", "zstd", 100)
+    with pytest.raises(BadRequest):
+        decompress(zlib.compress(b"x")[:-3], "deflate", 100)
