@@ -6,6 +6,10 @@ import random
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+# A server may ask for a longer pause than our own backoff cap; we wait at most this long, so a
+# bogus Retry-After (a day) cannot park a site's uplink.
+MAX_RETRY_AFTER_S = 600.0
+
 
 def parse_retry_after(value: str | None, now_s: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
@@ -25,7 +29,7 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
 class Backoff:
     """Delay before retry ``n``: uniform in [0, min(cap, initial * 2**n)], or Retry-After.
 
-    A server's ``Retry-After`` is honoured (capped at ``cap``), plus a little jitter so a fleet
+    A server's ``Retry-After`` is honoured (up to ``MAX_RETRY_AFTER_S``), plus a little jitter so a fleet
     of edge nodes does not come back in lock-step.
     """
 
@@ -38,7 +42,7 @@ class Backoff:
         ceiling = min(self.cap_s, self.initial_s * (2 ** min(self.failures, 30)))
         self.failures += 1
         if retry_after_s is not None:
-            return min(self.cap_s, retry_after_s) + self.rng.uniform(0, self.initial_s)
+            return min(MAX_RETRY_AFTER_S, retry_after_s) + self.rng.uniform(0, self.initial_s)
         return self.rng.uniform(self.initial_s / 2, max(self.initial_s / 2, ceiling))
 
     def reset(self) -> None:

@@ -144,8 +144,9 @@ class Forwarder:
         buf = self.buffer
         if await buf.run(buf.store.unacked_series_count) == 0:
             return []
-        ids = await trio.to_thread.run_sync(
-            lambda: sorted({int(x) for x in decode_segment(seg.blob).series.tolist()}))
+        ids = await buf.run(
+            lambda: sorted({int(x) for x in decode_segment(seg.blob).series.tolist()}),
+            limiter=buf.merge_limiter)
         return await buf.run(buf.store.unacked_series, ids)  # type: ignore[no-any-return]
 
     async def _send(self, body: bytes, seg: PendingSegment) -> Verdict:

@@ -38,10 +38,17 @@ class _Ticket:
 class BufferService:
     """Owns the :class:`Store` and every task that writes to it."""
 
-    def __init__(self, store: Store, cfg: BufferConfig, registry: Registry) -> None:
+    def __init__(self, store: Store, cfg: BufferConfig, registry: Registry, *,
+                 inline: bool = False) -> None:
+        """Args:
+            inline: run store calls on the Trio thread instead of a worker thread. Only for
+                tests on a virtual clock (``autojump_clock`` would jump while a thread works).
+        """
         self.store = store
         self.cfg = cfg
+        self.inline = inline
         self.limiter = trio.CapacityLimiter(1)
+        self.merge_limiter = trio.CapacityLimiter(1)
         self.series, self.next_sid = store.load_series()
         self.unsaved: list[tuple[int, SeriesKey]] = []
         self.inflight: set[int] = set()
@@ -145,9 +152,12 @@ class BufferService:
             self.m_committed.inc(b.n_heartbeats, "heartbeats")
             t.done.set()
 
-    async def run(self, fn, *args):  # type: ignore[no-untyped-def]
-        """Run a blocking store call on the store's thread (one at a time)."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+    async def run(self, fn, *args, limiter=None):  # type: ignore[no-untyped-def]
+        """Run a blocking store call on the store's thread (one call at a time)."""
+        if self.inline:
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter or self.limiter)
 
     # -- background upkeep ----------------------------------------------------------------------
 
@@ -170,11 +180,11 @@ class BufferService:
 
     async def _merger(self, merge_store: Store) -> None:
         """Merge backlogged small segments into dense ones on a second connection/thread."""
-        lim = trio.CapacityLimiter(1)
+        lim = self.merge_limiter
         while True:
             await trio.sleep(max(self.cfg.roll_interval_s, 1.0))
             for kind in ("metrics", "logs"):
-                cands = await trio.to_thread.run_sync(
+                cands = await self.run(
                     lambda k=kind: merge_store.merge_candidates(
                         k, older_than_ms=now_ms() - int(self.cfg.merge_after_s * 1000),
                         max_rows=self.cfg.segment_max_samples, exclude=set(self.inflight)),
@@ -182,8 +192,7 @@ class BufferService:
                 if not cands:
                     continue
                 seqs = [s for s, _ in cands]
-                new = await trio.to_thread.run_sync(
-                    self._merge_blocking, merge_store, kind, seqs, limiter=lim)
+                new = await self.run(self._merge_blocking, merge_store, kind, seqs, limiter=lim)
                 if new:
                     self.m_merged.inc(len(seqs))
                     log.debug("merged %d %s segments into %d", len(seqs), kind, new)
