@@ -29,8 +29,8 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
 class Backoff:
     """Delay before retry ``n``: uniform in [0, min(cap, initial * 2**n)], or Retry-After.
 
-    A server's ``Retry-After`` is honoured (up to ``MAX_RETRY_AFTER_S``), plus a little jitter so a fleet
-    of edge nodes does not come back in lock-step.
+    A server's ``Retry-After`` is honoured (up to ``MAX_RETRY_AFTER_S``), plus a little jitter
+    so a fleet of edge nodes does not come back in lock-step.
     """
 
     initial_s: float = 0.5

@@ -161,7 +161,7 @@ class Store:
 
     def series_labels(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
         ids = list(ids)
-        out = []
+        out: list[tuple[int, dict[str, str]]] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             q = f"SELECT id, labels FROM series WHERE id IN ({','.join('?' * len(chunk))})"
@@ -173,7 +173,7 @@ class Store:
 
     def unacked_series(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
         ids = list(ids)
-        out = []
+        out: list[tuple[int, dict[str, str]]] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
             q = (f"SELECT id, labels FROM series WHERE acked=0 AND id IN "

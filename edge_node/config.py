@@ -148,7 +148,7 @@ class EdgeConfig:
                      env: Mapping[str, str] | None = None) -> EdgeConfig:
         """Build a config from parsed TOML data plus environment overrides."""
         merged = _apply_env(cls, dict(data), env or {})
-        cfg = _build(cls, merged, "")
+        cfg: EdgeConfig = _build(cls, merged, "")
         _cross_checks(cfg)
         return cfg
 
@@ -177,7 +177,7 @@ def _env_keys(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
-        if dataclasses.is_dataclass(t):
+        if isinstance(t, type) and dataclasses.is_dataclass(t):
             for env_name, path in _env_keys(t, prefix + f.name.upper() + "_").items():
                 out[env_name] = (f.name, *path)
         else:
@@ -248,7 +248,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     for k in data:
         if k not in names:
-            raise ConfigError(prefix + k, f"unknown key (known keys here: {', '.join(sorted(names))})")
+            known = ", ".join(sorted(names))
+            raise ConfigError(prefix + k, f"unknown key (known keys here: {known})")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         key = prefix + f.name
@@ -257,7 +258,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             raise TypeError(key)
         if f.name not in data:
             continue
-        if dataclasses.is_dataclass(t):
+        if isinstance(t, type) and dataclasses.is_dataclass(t):
             kwargs[f.name] = _build(t, data[f.name], key + ".")
             continue
         value = _coerce(data[f.name], t, key)
@@ -275,7 +276,8 @@ def example_toml() -> str:
 
 EXAMPLE_CONFIG = """\
 # fleet-edge configuration. Every key can be overridden by an environment variable:
-# FLEET_EDGE_ + the dotted key upper-cased with '.' -> '_' (central.api_key -> FLEET_EDGE_CENTRAL_API_KEY).
+# FLEET_EDGE_ + the dotted key upper-cased, '.' -> '_':
+#   central.api_key -> FLEET_EDGE_CENTRAL_API_KEY
 node_id = "site-1-gw"
 listen = "0.0.0.0:9300"          # where devices POST /api/v1/ingest
 data_dir = "/var/lib/fleet-edge"  # the SQLite buffer lives here

@@ -147,7 +147,7 @@ class Forwarder:
         ids = await buf.run(
             lambda: sorted({int(x) for x in decode_segment(seg.blob).series.tolist()}),
             limiter=buf.merge_limiter)
-        return await buf.run(buf.store.unacked_series, ids)  # type: ignore[no-any-return]
+        return await buf.run(buf.store.unacked_series, ids)
 
     async def _send(self, body: bytes, seg: PendingSegment) -> Verdict:
         headers = {"Authorization": f"Bearer {self.cfg.central.api_key}",

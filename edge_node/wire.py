@@ -21,8 +21,8 @@ so decoding is lossless (NaN, infinities, -0.0 and 1/3 go to the raw column).
 
 A **batch** is one segment plus its envelope (``encode_batch``): version, node id, the buffer's
 epoch (a random id made with the buffer file, so a rebuilt buffer never reuses a sequence number
-central has seen), per-node sequence number, the lowest unacknowledged sequence number on the edge (so central may forget
-older dedup entries) and the definitions of series that central has not confirmed yet.
+central has seen), per-node sequence number, the lowest unacknowledged sequence number on the
+edge (so central may forget older dedup entries) and the definitions of series that central has not confirmed yet.
 """
 
 from __future__ import annotations
@@ -333,7 +333,8 @@ def encode_batch(b: Batch) -> bytes:
     if b.series_defs:
         flat = [[sid, [x for kv in sorted(lbl.items()) for x in kv]] for sid, lbl in b.series_defs]
         defs = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(flat, use_bin_type=True))
-    doc = {"v": WIRE_VERSION, "node": b.node_id, "epoch": b.epoch, "seq": b.seq, "kind": b.kind, "rows": b.rows,
+    doc = {"v": WIRE_VERSION, "node": b.node_id, "epoch": b.epoch, "seq": b.seq,
+           "kind": b.kind, "rows": b.rows,
            "low": b.low_watermark, "defs": defs, "seg": b.segment}
     return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
 

@@ -9,7 +9,10 @@ channel makes handlers wait, which is how back-pressure reaches the devices.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar, TypeVarTuple
 
 import numpy as np
 import trio
@@ -22,6 +25,8 @@ from .model import IngestBatch, SeriesKey
 from .wire import KINDS, Columns, decode_segment, encode_segment
 
 log = logging.getLogger("fleet_edge.buffer")
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 # Largest number of requests committed in one transaction; bounds commit latency.
 _MAX_GROUP = 512
@@ -152,7 +157,8 @@ class BufferService:
             self.m_committed.inc(b.n_heartbeats, "heartbeats")
             t.done.set()
 
-    async def run(self, fn, *args, limiter=None):  # type: ignore[no-untyped-def]
+    async def run(self, fn: Callable[[*Ts], T], *args: *Ts,
+                  limiter: trio.CapacityLimiter | None = None) -> T:
         """Run a blocking store call on the store's thread (one call at a time)."""
         if self.inline:
             await trio.lowlevel.checkpoint()
@@ -185,9 +191,9 @@ class BufferService:
             await trio.sleep(max(self.cfg.roll_interval_s, 1.0))
             for kind in ("metrics", "logs"):
                 cands = await self.run(
-                    lambda k=kind: merge_store.merge_candidates(
-                        k, older_than_ms=now_ms() - int(self.cfg.merge_after_s * 1000),
-                        max_rows=self.cfg.segment_max_samples, exclude=set(self.inflight)),
+                    partial(merge_store.merge_candidates, kind,
+                            older_than_ms=now_ms() - int(self.cfg.merge_after_s * 1000),
+                            max_rows=self.cfg.segment_max_samples, exclude=set(self.inflight)),
                     limiter=lim)
                 if not cands:
                     continue
@@ -215,7 +221,7 @@ class BufferService:
     # -- the forwarder side ---------------------------------------------------------------------
 
     async def next_segment(self) -> PendingSegment | None:
-        return await self.run(self.store.next_segment, set(self.inflight))  # type: ignore[no-any-return]
+        return await self.run(self.store.next_segment, set(self.inflight))
 
     async def refresh_stats(self) -> None:
         self.stats_cache = await self.run(self.store.stats)

@@ -187,10 +187,9 @@ class NativeParser:
                 extra = sorted(set(m) - {"name", "value", "ts", "labels"})[0]
                 raise BadRequest("unknown field", field=f"{p}[{j}].{extra}")
             vc = value.__class__
-            if vc is not float and vc is not int:
-                if vc is bool or not isinstance(value, int | float):
-                    raise BadRequest(f"must be a number, got {value!r:.40}",
-                                     field=f"{p}[{j}].value")
+            if vc is not float and vc is not int and (
+                    vc is bool or not isinstance(value, int | float)):
+                raise BadRequest(f"must be a number, got {value!r:.40}", field=f"{p}[{j}].value")
             lbl = m.get("labels")
             if lbl:
                 name = self._name(name, f"{p}[{j}].name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,7 +86,7 @@ async def test_network_errors_back_off_and_never_give_up(
         return httpx.Response(200, json={})
 
     _, fwd = await _run(tmp_path, handler, lambda b, f: f.m_acked.get("metrics") > 0)
-    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert max(gaps) <= 0.5 + 0.05  # capped at backoff_max_s (config in edge_config)
     assert fwd.m_errors.get("network") == 11
 

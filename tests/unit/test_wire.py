@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import numpy as np
 import pytest
@@ -79,10 +81,8 @@ def test_bad_segments_raise_wire_error(blob: bytes) -> None:
 @settings(max_examples=200)
 @given(st.binary(max_size=200))
 def test_random_bytes_never_escape_as_other_errors(blob: bytes) -> None:
-    try:
+    with contextlib.suppress(WireError):
         decode_segment(zstandard.compress(blob))
-    except WireError:
-        pass
 
 
 def test_inconsistent_segment_counts_are_refused() -> None:

@@ -1,0 +1,63 @@
+"""The command-line contracts: versions, node keys, config checking, the demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_node import __version__
+from edge_node.config import EXAMPLE_CONFIG
+
+pytestmark = pytest.mark.e2e
+
+
+def _run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_versions() -> None:
+    assert _run("edge_node.cli", "--version").stdout.strip() == f"fleet-edge {__version__}"
+    assert _run("central.cli", "--version").stdout.strip() == f"fleet-central {__version__}"
+
+
+def test_nodes_add_prints_key_last_and_stores_only_its_hash(tmp_path: Path) -> None:
+    r = _run("central.cli", "nodes", "add", "gw-7", "--org", "acme", "--data-dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip().splitlines()[-1]
+    assert key.startswith("fle_") and len(key) > 40
+    raw = (tmp_path / "central.sqlite3").read_bytes()
+    assert key.encode() not in raw
+    again = _run("central.cli", "nodes", "add", "gw-7", "--data-dir", str(tmp_path))
+    assert again.returncode == 1 and "already exists" in again.stderr
+    listed = _run("central.cli", "nodes", "list", "--data-dir", str(tmp_path)).stdout
+    assert "gw-7" in listed and "acme" in listed and "active" in listed
+    assert _run("central.cli", "nodes", "revoke", "gw-7", "--data-dir",
+                str(tmp_path)).returncode == 0
+    assert "revoked" in _run("central.cli", "nodes", "list", "--data-dir", str(tmp_path)).stdout
+
+
+def test_check_config(tmp_path: Path) -> None:
+    good = tmp_path / "edge.toml"
+    good.write_text(EXAMPLE_CONFIG)
+    r = _run("edge_node.cli", "check-config", str(good))
+    assert r.returncode == 0 and "OK" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(EXAMPLE_CONFIG.replace("max_disk_mb = 1024", "max_disk_mb = -1"))
+    r = _run("edge_node.cli", "check-config", str(bad))
+    assert r.returncode == 2 and "buffer.max_disk_mb" in r.stderr
+    r = _run("edge_node.cli", "check-config", str(good), env={"FLEET_EDGE_CENTRAL_URL": "ftp:/x"})
+    assert r.returncode == 2 and "central.url" in r.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    r = _run("edge_node.cli", "demo", "--devices", "10", "--duration", "3",
+             "--data-dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "result: OK" in r.stdout
+    assert "lost" in r.stdout
