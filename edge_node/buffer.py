@@ -44,7 +44,7 @@ DROP_ORDER = ("logs", "metrics")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE, acked INTEGER NOT NULL DEFAULT 0);
+    id INTEGER PRIMARY KEY, labels TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, n INTEGER NOT NULL,
     created_ms INTEGER NOT NULL, blob BLOB NOT NULL);
@@ -193,24 +193,24 @@ class Store:
     # -- ingest --------------------------------------------------------------------------------
 
     def append(self, new_series: Sequence[tuple[int, SeriesKey]],
-               batches: Sequence[tuple[IngestBatch, dict[SeriesKey, int]]]) -> None:
+               batches: Sequence[tuple[IngestBatch, tuple[list[int], list[int], list[int]]]]
+               ) -> None:
         """Commit new series and the journal rows of ``batches`` in one transaction.
 
-        Each batch comes with the series-id mapping to use for its keys.
+        Each batch comes with the series ids of its metric, log and heartbeat rows.
         """
         created = now_ms()
         rows: list[tuple[str, int, int, bytes]] = []
-        for b, ids in batches:
+        for b, (m_ids, l_ids, h_ids) in batches:
             if b.metric_values:
                 rows.append(("metrics", len(b.metric_values), created, _pack_journal(
-                    "metrics", [ids[k] for k in b.metric_keys], b.metric_ts, b.metric_values,
-                    None)))
+                    "metrics", m_ids, b.metric_ts, b.metric_values, None)))
             if b.log_lines:
                 rows.append(("logs", len(b.log_lines), created, _pack_journal(
-                    "logs", [ids[k] for k in b.log_keys], b.log_ts, None, b.log_lines)))
+                    "logs", l_ids, b.log_ts, None, b.log_lines)))
             if b.hb_ts:
                 rows.append(("heartbeats", len(b.hb_ts), created, _pack_journal(
-                    "heartbeats", [ids[k] for k in b.hb_keys], b.hb_ts, None, None)))
+                    "heartbeats", h_ids, b.hb_ts, None, None)))
         with self._tx():
             if new_series:
                 self.conn.executemany(

@@ -99,9 +99,9 @@ class Forwarder:
         buf = self.buffer
         buf.inflight.add(seg.seq)
         try:
-            defs_ok = True
+            # computed once per segment (not per retry): finding them decodes the segment
+            defs = await self._defs_for(seg)
             while True:
-                defs = await self._defs_for(seg) if defs_ok else []
                 low = await buf.run(buf.store.low_watermark)
                 body = encode_batch(Batch(node_id=self.cfg.node_id, seq=seg.seq, kind=seg.kind,
                                           segment=seg.blob, rows=seg.n, low_watermark=low,
@@ -120,6 +120,7 @@ class Forwarder:
                     log.info("central lacks %d series definitions; resending",
                              len(verdict.missing))
                     await buf.run(buf.store.mark_series, verdict.missing, False)
+                    defs = await self._defs_for(seg)
                     if self.backoff.failures > 3:
                         await trio.sleep(self.backoff.next_delay())
                     else:

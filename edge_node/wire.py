@@ -22,7 +22,8 @@ so decoding is lossless (NaN, infinities, -0.0 and 1/3 go to the raw column).
 A **batch** is one segment plus its envelope (``encode_batch``): version, node id, the buffer's
 epoch (a random id made with the buffer file, so a rebuilt buffer never reuses a sequence number
 central has seen), per-node sequence number, the lowest unacknowledged sequence number on the
-edge (so central may forget older dedup entries) and the definitions of series that central has not confirmed yet.
+edge (so central may forget older dedup entries) and the definitions of series that central
+has not confirmed yet.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ _MAX_GROUP = 512
 @dataclass
 class _Ticket:
     batch: IngestBatch
-    ids: dict[SeriesKey, int]
+    sids: tuple[list[int], list[int], list[int]]  # metric, log, heartbeat series ids
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 
@@ -93,18 +93,22 @@ class BufferService:
 
     # -- the ingest side ------------------------------------------------------------------------
 
-    def intern(self, keys: list[SeriesKey]) -> dict[SeriesKey, int]:
+    def intern(self, keys: list[SeriesKey]) -> list[int]:
         """Series ids for ``keys``, allocating (not yet durable) ids for new ones."""
-        out: dict[SeriesKey, int] = {}
         series = self.series
-        for k in keys:
-            sid = series.get(k)
-            if sid is None:
-                sid = self.next_sid
-                self.next_sid += 1
-                series[k] = sid
-                self.unsaved.append((sid, k))
-            out[k] = sid
+        get = series.get
+        out = [get(k, -1) for k in keys]
+        if -1 in out:
+            for i, sid in enumerate(out):
+                if sid == -1:
+                    k = keys[i]
+                    sid = series.get(k, -1)
+                    if sid == -1:
+                        sid = self.next_sid
+                        self.next_sid += 1
+                        series[k] = sid
+                        self.unsaved.append((sid, k))
+                    out[i] = sid
         return out
 
     async def write(self, batch: IngestBatch) -> None:
@@ -115,8 +119,8 @@ class BufferService:
         """
         if self._closed:
             raise BufferError_("the buffer is shutting down")
-        keys = list(dict.fromkeys([*batch.metric_keys, *batch.log_keys, *batch.hb_keys]))
-        ticket = _Ticket(batch, self.intern(keys))
+        ticket = _Ticket(batch, (self.intern(batch.metric_keys), self.intern(batch.log_keys),
+                                 self.intern(batch.hb_keys)))
         await self._send.send(ticket)
         await ticket.done.wait()
         if ticket.error is not None:
@@ -140,7 +144,7 @@ class BufferService:
         new = list(self.unsaved)
         try:
             with trio.CancelScope(shield=True):  # a commit in progress must finish and report
-                await self.run(self.store.append, new, [(t.batch, t.ids) for t in group])
+                await self.run(self.store.append, new, [(t.batch, t.sids) for t in group])
         except Exception as exc:
             log.error("buffer commit of %d requests failed: %s", len(group), exc)
             for t in group:

@@ -65,6 +65,10 @@ class NativeParser:
         self.limits = limits
         self._ok_names: set[str] = set()
         self._ok_labels: set[str] = set()
+        # base label set -> metric name -> series key, for samples without labels of their own
+        # (the common case): saves building and sorting a label tuple per sample.
+        self._keys: dict[SeriesKey, dict[str, SeriesKey]] = {}
+        self._n_keys = 0
 
     def parse(self, doc: Any, now_ms: int) -> IngestBatch:
         out = IngestBatch()
@@ -173,7 +177,13 @@ class NativeParser:
 
     def _metrics(self, metrics: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
                  p: str) -> None:
-        by_name: dict[str, SeriesKey] = {}
+        base_t = tuple(sorted(base.items()))
+        by_name = self._keys.get(base_t)
+        if by_name is None:
+            if self._n_keys > 1_000_000:  # bound the cache; it refills from live traffic
+                self._keys.clear()
+                self._n_keys = 0
+            by_name = self._keys[base_t] = {}
         keys, tss, vals = out.metric_keys, out.metric_ts, out.metric_values
         for j, m in enumerate(metrics):
             if m.__class__ is not dict:
@@ -204,6 +214,7 @@ class NativeParser:
                     d[NAME_LABEL] = name
                     key = tuple(sorted(d.items()))
                     by_name[name] = key
+                    self._n_keys += 1
             ts = m.get("ts")
             if ts.__class__ is int and TS_MIN_MS <= ts <= TS_MAX_MS:
                 tss.append(ts)

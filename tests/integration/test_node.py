@@ -79,7 +79,7 @@ async def test_bad_requests_store_nothing(tmp_path: Path, central: Central) -> N
         assert node.buffer.store.stats().pending == {"heartbeats": 0, "metrics": 0, "logs": 0}
         r = await c.post(url, json=good)
         assert r.status_code == 204
-        await wait_for(lambda: central.counts()["metrics"] == 3)
+        await wait_for(lambda: central.counts() == {"metrics": 3, "logs": 1, "heartbeats": 1})
         metrics = (await c.get(node.url + "/metrics")).text
     assert 'fleet_edge_rejected_total{reason="BadRequest"} 2' in metrics
     assert central.counts() == {"metrics": 3, "logs": 1, "heartbeats": 1}

@@ -38,15 +38,15 @@ class Interner:
 
     def append(self, *batches: IngestBatch) -> None:
         new: list[tuple[int, SeriesKey]] = []
-        mapping: dict[SeriesKey, int] = {}
         for b in batches:
             for k in [*b.metric_keys, *b.log_keys, *b.hb_keys]:
                 if k not in self.ids:
                     self.ids[k] = self.next
                     new.append((self.next, k))
                     self.next += 1
-                mapping[k] = self.ids[k]
-        self.store.append(new, [(b, mapping) for b in batches])
+        self.store.append(new, [(b, ([self.ids[k] for k in b.metric_keys],
+                                     [self.ids[k] for k in b.log_keys],
+                                     [self.ids[k] for k in b.hb_keys])) for b in batches])
 
 
 @pytest.fixture
