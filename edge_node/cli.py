@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -58,9 +59,19 @@ def _load(path: str) -> EdgeConfig:
         sys.exit(2)
 
 
+def tune_gc() -> None:
+    """Collect garbage less often: ingest allocates many short-lived containers per request,
+    and the default threshold (700) made the collector ~10% of the CPU under load. Objects
+    alive after startup are frozen out of collections altogether."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 async def _run(cfg: EdgeConfig) -> None:
     from .node import run_edge_node
 
+    tune_gc()
     async with trio.open_nursery() as nursery:
         node = await nursery.start(partial(run_edge_node, cfg))
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

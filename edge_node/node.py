@@ -91,7 +91,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
 
         async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+                await serve(app, hc,  # type: ignore[arg-type]  # see EdgeApp.__call__
+                            shutdown_trigger=stop.wait, task_status=task_status)
             finally:
                 served.set()
 

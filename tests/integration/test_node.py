@@ -75,6 +75,8 @@ async def test_bad_requests_store_nothing(tmp_path: Path, central: Central) -> N
         assert r.status_code == 413 and r.json()["field"] == "body"
         r = await c.post(url, content=b"{", headers={"Content-Type": "application/json"})
         assert r.status_code == 400
+        r = await c.get(url)
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
         assert node.buffer.m_commits.get() == 0
         assert node.buffer.store.stats().pending == {"heartbeats": 0, "metrics": 0, "logs": 0}
         r = await c.post(url, json=good)
