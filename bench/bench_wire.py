@@ -59,7 +59,7 @@ def main() -> None:
         store.conn.execute("PRAGMA incremental_vacuum")
         merged_disk = store.used_bytes()
         (dict_bytes,) = store.conn.execute(
-            "SELECT sum(pgsize) FROM dbstat WHERE name='series'").fetchone() if _has_dbstat(
+            "SELECT sum(pgsize) FROM dbstat WHERE name IN ('series_blocks', 'series_unacked')").fetchone() if _has_dbstat(
                 store) else (None,)
         seg_bytes = len(merged)
         defs = [(i, dict(k)) for k, i in ids.items()]

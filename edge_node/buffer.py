@@ -2,8 +2,11 @@
 
 Layout (one SQLite file in WAL mode)::
 
-    series(id, labels, acked)            the node's series dictionary; ``acked`` once central
-                                         confirmed it knows the definition
+    series_blocks(first_id, last_id, blob)
+                                         the node's series dictionary: the series first seen in
+                                         one commit, as one zstd-compressed msgpack block (labels
+                                         repeat a lot: ~10x smaller than a row per series)
+    series_unacked(id)                   series whose definition central has not confirmed
     journal(id, kind, n, created_ms, blob)
                                          what ingest committed, one row per request and kind,
                                          raw columns: durable at once, cheap to write
@@ -21,7 +24,6 @@ worker thread behind a ``CapacityLimiter(1)`` so exactly one call uses the conne
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -33,6 +35,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import sqlite_utils
+import zstandard
 
 from .errors import BufferError_
 from .model import IngestBatch, SeriesKey
@@ -43,8 +46,9 @@ DROP_ORDER = ("logs", "metrics")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY, labels TEXT NOT NULL, acked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS series_blocks (
+    first_id INTEGER PRIMARY KEY, last_id INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS series_unacked (id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, n INTEGER NOT NULL,
     created_ms INTEGER NOT NULL, blob BLOB NOT NULL);
@@ -138,6 +142,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise BufferError_(f"cannot open buffer {self.path}: {exc}") from exc
         self.db = sqlite_utils.Database(self.conn)
+        self._labels: dict[int, SeriesKey] = {}
         row = c.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row is None:
             self.epoch = uuid.uuid4().hex
@@ -154,41 +159,39 @@ class Store:
         """All known series and the next free id."""
         out: dict[SeriesKey, int] = {}
         top = 0
-        for sid, labels in self.conn.execute("SELECT id, labels FROM series"):
-            out[tuple((k, v) for k, v in json.loads(labels))] = sid
-            top = max(top, sid)
+        dctx = zstandard.ZstdDecompressor()
+        for (blob,) in self.conn.execute("SELECT blob FROM series_blocks ORDER BY first_id"):
+            for sid, *flat in msgpack.unpackb(dctx.decompress(blob), raw=False):
+                key = tuple(zip(flat[0::2], flat[1::2], strict=True))
+                out[key] = sid
+                self._labels[sid] = key
+                top = max(top, sid)
         return out, top + 1
 
     def series_labels(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
-        ids = list(ids)
-        out: list[tuple[int, dict[str, str]]] = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            q = f"SELECT id, labels FROM series WHERE id IN ({','.join('?' * len(chunk))})"
-            out.extend((sid, dict(json.loads(lbl))) for sid, lbl in self.conn.execute(q, chunk))
-        return out
+        return [(sid, dict(self._labels[sid])) for sid in ids if sid in self._labels]
 
     def unacked_series_count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM series WHERE acked=0").fetchone()[0])
+        return int(self.conn.execute("SELECT count(*) FROM series_unacked").fetchone()[0])
 
     def unacked_series(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
+        """Definitions of those of ``ids`` that central has not confirmed yet."""
         ids = list(ids)
-        out: list[tuple[int, dict[str, str]]] = []
+        found: list[int] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
-            q = (f"SELECT id, labels FROM series WHERE acked=0 AND id IN "
-                 f"({','.join('?' * len(chunk))})")
-            out.extend((sid, dict(json.loads(lbl))) for sid, lbl in self.conn.execute(q, chunk))
-        return out
+            q = f"SELECT id FROM series_unacked WHERE id IN ({','.join('?' * len(chunk))})"
+            found.extend(sid for (sid,) in self.conn.execute(q, chunk))
+        return self.series_labels(sorted(found))
 
     def mark_series(self, ids: Iterable[int], acked: bool) -> None:
-        ids = list(ids)
+        rows = [(i,) for i in ids]
         with self._tx():
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                self.conn.execute(
-                    f"UPDATE series SET acked=? WHERE id IN ({','.join('?' * len(chunk))})",
-                    [int(acked), *chunk])
+            if acked:
+                self.conn.executemany("DELETE FROM series_unacked WHERE id=?", rows)
+            else:
+                self.conn.executemany("INSERT OR IGNORE INTO series_unacked(id) VALUES (?)",
+                                      rows)
 
     # -- ingest --------------------------------------------------------------------------------
 
@@ -213,11 +216,19 @@ class Store:
                     "heartbeats", h_ids, b.hb_ts, None, None)))
         with self._tx():
             if new_series:
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO series(id, labels) VALUES (?, ?)",
-                    [(sid, json.dumps(key, separators=(",", ":"))) for sid, key in new_series])
+                flat = [[sid, *(x for kv in key for x in kv)] for sid, key in new_series]
+                blob = zstandard.ZstdCompressor(level=3).compress(
+                    msgpack.packb(flat, use_bin_type=True))
+                ids = [sid for sid, _ in new_series]
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO series_blocks(first_id, last_id, blob) VALUES (?,?,?)",
+                    (min(ids), max(ids), blob))
+                self.conn.executemany("INSERT OR IGNORE INTO series_unacked(id) VALUES (?)",
+                                      [(i,) for i in ids])
             self.conn.executemany(
                 "INSERT INTO journal(kind, n, created_ms, blob) VALUES (?, ?, ?, ?)", rows)
+        for sid, key in new_series:
+            self._labels[sid] = key
 
     # -- segments ------------------------------------------------------------------------------
 
@@ -326,14 +337,10 @@ class Store:
 
     def ack(self, seq: int, kind: str, n: int, series_ids: Iterable[int] = ()) -> None:
         """Central applied segment ``seq``: forget it, remember the series it defined."""
-        ids = list(series_ids)
+        rows = [(i,) for i in series_ids]
         with self._tx():
             self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                self.conn.execute(
-                    f"UPDATE series SET acked=1 WHERE id IN ({','.join('?' * len(chunk))})",
-                    chunk)
+            self.conn.executemany("DELETE FROM series_unacked WHERE id=?", rows)
             self._bump(f"acked_{kind}", n)
             self._bump("acked_batches", 1)
 
