@@ -324,6 +324,20 @@ class Store:
                     return PendingSegment(seq=seq, kind=kind, n=n, blob=blob, created_ms=created)
         return None
 
+    def claim_next_segment(self, exclude: Iterable[int] = ()) -> PendingSegment | None:
+        """Choose the next segment to forward and count an attempt, in one transaction.
+
+        A segment with attempts > 0 is never merged, and the merger swaps segments in a
+        transaction too: so a segment is either merged before it is claimed (and the merged
+        one is sent instead) or claimed before it could be merged, never both; otherwise its
+        rows could reach central twice.
+        """
+        with self._tx():
+            seg = self.next_segment(exclude)
+            if seg is not None:
+                self.mark_attempt(seg.seq)
+        return seg
+
     def mark_attempt(self, seq: int) -> None:
         self.conn.execute("UPDATE segments SET attempts=attempts+1 WHERE seq=?", (seq,))
 

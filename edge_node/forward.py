@@ -106,7 +106,6 @@ class Forwarder:
                 body = encode_batch(Batch(node_id=self.cfg.node_id, seq=seg.seq, kind=seg.kind,
                                           segment=seg.blob, rows=seg.n, low_watermark=low,
                                           series_defs=defs, epoch=buf.store.epoch))
-                await buf.run(buf.store.mark_attempt, seg.seq)
                 verdict = await self._send(body, seg)
                 if verdict.action == ACK:
                     # The ack must be recorded even if we are being cancelled right now.
@@ -125,6 +124,7 @@ class Forwarder:
                         await trio.sleep(self.backoff.next_delay())
                     else:
                         self.backoff.failures += 1
+                    await buf.run(buf.store.mark_attempt, seg.seq)
                     continue
                 if verdict.action == DEAD_LETTER:
                     log.error("central refused segment %d (%d %s rows) as malformed: %s; moved "
@@ -138,6 +138,7 @@ class Forwarder:
                 log.warning("sending segment %d failed (%s); retry in %.1fs", seg.seq,
                             verdict.reason, delay)
                 await trio.sleep(delay)
+                await buf.run(buf.store.mark_attempt, seg.seq)
         finally:
             buf.inflight.discard(seg.seq)
 

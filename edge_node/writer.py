@@ -225,7 +225,7 @@ class BufferService:
     # -- the forwarder side ---------------------------------------------------------------------
 
     async def next_segment(self) -> PendingSegment | None:
-        return await self.run(self.store.next_segment, set(self.inflight))
+        return await self.run(self.store.claim_next_segment, set(self.inflight))
 
     async def refresh_stats(self) -> None:
         self.stats_cache = await self.run(self.store.stats)
