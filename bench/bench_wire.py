@@ -56,6 +56,7 @@ def main() -> None:
         merged = encode_segment(cols, level=9)
         t_merge = time.perf_counter() - t
         store.replace_segments(seqs, "metrics", cols, merged)
+        store.mark_series(list(ids.values()), True)  # central confirmed the definitions
         store.conn.execute("PRAGMA incremental_vacuum")
         merged_disk = store.used_bytes()
         (dict_bytes,) = store.conn.execute(

@@ -4,12 +4,13 @@ A **segment** is what the buffer stores and what the forwarder ships unchanged: 
 kind (``metrics``, ``logs`` or ``heartbeats``) as columns, sorted by (series id, timestamp)::
 
     zstd( msgpack {
-        "v": 1, "k": kind, "n": rows,
+        "v": 2, "k": kind, "n": rows,
         "sid": ids of the series present (delta-coded), "cnt": rows per series,
         "t0": first timestamp per series (delta-coded across series),
         "tdd": remaining timestamps as delta-of-delta within each series,
         "exp": per-series decimal exponent e, or 255 when the values are raw float64,
-        "vi":  values of integer-exact series as round(v * 10**e), delta-coded within the series,
+        "v0", "vi": values of integer-exact series as round(v * 10**e): the first of each series,
+               then the deltas within each series,
         "vf":  raw float64 values of the other series,
         "len", "txt": log lines as lengths + concatenated UTF-8,
     })
@@ -39,7 +40,7 @@ import zstandard
 from .errors import WireError
 
 WIRE_VERSION = 1
-SEGMENT_VERSION = 1
+SEGMENT_VERSION = 2
 KINDS = ("heartbeats", "metrics", "logs")  # forward priority order, highest first
 BATCH_CONTENT_TYPE = "application/vnd.fleetd.batch+msgpack"
 FLOAT_MODE = 255
@@ -208,7 +209,10 @@ def encode_segment(cols: Columns, *, level: int = 3) -> bytes:
             scaled[sel] = s.astype(np.int64)
         vd = _within_series_delta(scaled, first)
         doc["exp"] = exps.tobytes()
-        doc["vi"] = pack_ints(vd[is_int])
+        # first values (large, e.g. a counter's total) apart from the deltas (small), so the
+        # delta column stays narrow
+        doc["v0"] = pack_ints(vd[first & is_int])
+        doc["vi"] = pack_ints(vd[is_int & ~first])
         doc["vf"] = values[~is_int].astype("<f8").tobytes()
     if cols.lines is not None:
         lines = [cols.lines[i] for i in order.tolist()]
@@ -287,7 +291,10 @@ def _decode_doc(doc: dict[str, Any]) -> Columns:
         is_int = rep != FLOAT_MODE
         n_int = int(is_int.sum())
         vd = np.zeros(n, dtype=np.int64)
-        vd[is_int] = unpack_ints(doc["vi"], n_int)
+        heads = first & is_int
+        n_heads = int(heads.sum())
+        vd[heads] = unpack_ints(doc["v0"], n_heads)
+        vd[is_int & ~first] = unpack_ints(doc["vi"], n_int - n_heads)
         # deltas of integer series restart at each series start; float rows hold 0
         scaled = _within_series_undelta(vd, starts)
         values = np.empty(n, dtype=np.float64)

@@ -132,3 +132,35 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, procs: list[Proc]) 
     edge.start()  # whatever was buffered but not yet forwarded goes out now
     await _drain(tmp_path, load)
     _assert_exactly_once(tmp_path, load)
+
+
+async def test_backlog_merge_and_kill9_during_drain(tmp_path: Path, procs: list[Proc]) -> None:
+    """A long outage: small segments are merged into big ones; then kill -9 mid-drain."""
+    central = start_central(tmp_path)
+    procs.append(central)
+    key = register(tmp_path)
+    central.start()
+    cfg, url = write_edge_config(tmp_path, central.url, key,
+                                 extra="merge_after_s = 0.3\nsegment_max_samples = 20000\n")
+    edge = edge_proc(tmp_path, cfg, url)
+    procs.append(edge)
+    edge.start()
+    central.kill9()  # the WAN is down from the start
+    load = LoadGenerator(url, concurrency=4)
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(load.run, stop)
+        await trio.sleep(4.0)
+        stop.set()
+    merged = 0.0
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("fleet_edge_segments_merged_total"):
+            merged = float(line.split()[-1])
+    assert merged > 0, "the backlog was never merged"
+    await trio.to_thread.run_sync(central.start)
+    for delay in (0.3, 0.6):  # kill the edge while it drains, twice
+        await trio.sleep(delay)
+        edge.kill9()
+        await trio.to_thread.run_sync(edge.start)
+    await _drain(tmp_path, load)
+    _assert_exactly_once(tmp_path, load)
