@@ -16,7 +16,6 @@ the whole request is then refused, so nothing of it is stored.
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
@@ -37,6 +36,9 @@ LEVELS = frozenset({"trace", "debug", "info", "notice", "warning", "warn", "erro
                     "fatal", "unknown"})
 
 JSON_TYPES = ("application/json",)
+_NUMBER_TYPES = frozenset({int, float})
+_INT_TYPE = frozenset({int})
+_MAX_INT = 2**63
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
@@ -184,6 +186,8 @@ class NativeParser:
                 self._keys.clear()
                 self._n_keys = 0
             by_name = self._keys[base_t] = {}
+        if self._metrics_fast(metrics, by_name, now_ms, out):
+            return
         keys, tss, vals = out.metric_keys, out.metric_ts, out.metric_values
         for j, m in enumerate(metrics):
             if m.__class__ is not dict:
@@ -221,9 +225,42 @@ class NativeParser:
             else:
                 tss.append(self._ts(ts, f"{p}[{j}].ts", now_ms))
             keys.append(key)
+            if vc is int and not -_MAX_INT <= value <= _MAX_INT:
+                raise BadRequest("integer out of range (beyond +-2**63)", field=f"{p}[{j}].value")
             vals.append(float(value) if vc is not float else value)
-            if vc is int and not math.isfinite(float(value)):  # pragma: no cover - huge ints
-                raise BadRequest("integer value out of range", field=f"{p}[{j}].value")
+
+    def _metrics_fast(self, metrics: list[Any], by_name: dict[str, SeriesKey], now_ms: int,
+                      out: IngestBatch) -> bool:
+        """Whole-list checks for the common case: objects of name/value[/ts], no labels.
+
+        Column-wise comprehensions and C-level min/max/set checks are several times faster than
+        the per-sample loop. Returns False, having added nothing, whenever anything is unusual:
+        the per-sample path then handles it (and names the exact field of any error).
+        """
+        try:
+            if not all([m.__class__ is dict and len(m) <= 3 and "labels" not in m
+                        for m in metrics]):
+                return False
+            names = [m["name"] for m in metrics]
+            values = [m["value"] for m in metrics]
+            tss = [m.get("ts", now_ms) for m in metrics]
+        except KeyError:
+            return False
+        if not set(map(type, values)) <= _NUMBER_TYPES or not set(map(type, tss)) <= _INT_TYPE:
+            return False
+        if not metrics or not all([len(m) == 2 or "ts" in m for m in metrics]):
+            return bool(not metrics)
+        if min(tss) < TS_MIN_MS or max(tss) > TS_MAX_MS:
+            return False
+        if min(values) < -_MAX_INT or max(values) > _MAX_INT:
+            return False
+        keys = [by_name.get(n) for n in names]
+        if None in keys:
+            return False  # a name not seen before for this label set: validate it slowly
+        out.metric_keys.extend(keys)  # type: ignore[arg-type]
+        out.metric_ts.extend(tss)
+        out.metric_values.extend(values)
+        return True
 
     def _logs(self, logs: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
               p: str) -> None:

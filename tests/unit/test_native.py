@@ -133,3 +133,29 @@ def test_bad_encodings() -> None:
         decompress(b"not zstd", "zstd", 100)
     with pytest.raises(BadRequest):
         decompress(zlib.compress(b"x")[:-3], "deflate", 100)
+
+
+@settings(max_examples=300)
+@given(native_payloads())
+def test_fast_path_and_slow_path_agree(doc: object) -> None:
+    """The whole-list fast path must accept exactly what the per-sample path accepts."""
+    fast = NativeParser(IngestConfig())
+    slow = NativeParser(IngestConfig())
+    slow._metrics_fast = lambda *a: False  # type: ignore[method-assign]
+    outcomes = []
+    for parser in (fast, slow, fast):  # twice for fast: its caches are warm the second time
+        try:
+            b = parser.parse(doc, NOW)
+            outcomes.append(("ok", b.metric_keys, b.metric_ts, [float(v) for v in
+                                                                 b.metric_values]))
+        except IngestError as exc:
+            outcomes.append(("error", exc.status))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+def test_huge_integers_are_refused_not_crashing(parser: NativeParser) -> None:
+    with pytest.raises(BadRequest, match="out of range"):
+        parser.parse({"device_id": "d", "metrics": [{"name": "x", "value": 10**400}]}, NOW)
+    parser.parse({"device_id": "d", "metrics": [{"name": "x", "value": 1}]}, NOW)
+    with pytest.raises(BadRequest, match="out of range"):  # the warm fast path too
+        parser.parse({"device_id": "d", "metrics": [{"name": "x", "value": -(10**400)}]}, NOW)
