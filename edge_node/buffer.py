@@ -232,28 +232,38 @@ class Store:
 
     # -- segments ------------------------------------------------------------------------------
 
-    def roll(self, *, max_rows: int = 2_000_000) -> list[int]:
-        """Turn journal rows into one segment per kind. Returns the new segment seqs."""
+    def roll(self, *, max_rows: int = 2_000_000, max_bytes: int = 8 << 20) -> list[int]:
+        """Turn journal rows into segments, per kind, until the journal is empty.
+
+        A segment holds at most ``max_rows`` rows and is made from at most ``max_bytes`` of
+        journal (raw columns, so the compressed segment is smaller): every segment fits in
+        one batch central accepts. Returns the new segment seqs.
+        """
         made = []
         for kind in KINDS:
-            sel = self.conn.execute(
-                "SELECT id, n, blob FROM journal WHERE kind=? ORDER BY id", (kind,))
-            ids: list[int] = []
-            blobs: list[bytes] = []
-            total = 0
-            for jid, n, blob in sel:
-                ids.append(jid)
-                blobs.append(blob)
-                total += n
-                if total >= max_rows:
+            after = 0
+            while True:
+                ids: list[int] = []
+                blobs: list[bytes] = []
+                rows = size = 0
+                for jid, n, blob in self.conn.execute(
+                        "SELECT id, n, blob FROM journal WHERE kind=? AND id>? ORDER BY id",
+                        (kind, after)):
+                    if ids and (rows + n > max_rows or size + len(blob) > max_bytes):
+                        break
+                    ids.append(jid)
+                    blobs.append(blob)
+                    rows += n
+                    size += len(blob)
+                if not ids:
                     break
-            if not ids:
-                continue
-            cols = _unpack_journal(kind, blobs)
-            seg = encode_segment(cols)
-            with self._tx():
-                made.append(self._insert_segment(kind, cols, seg))
-                self.conn.execute("DELETE FROM journal WHERE kind=? AND id<=?", (kind, ids[-1]))
+                cols = _unpack_journal(kind, blobs)
+                seg = encode_segment(cols)
+                with self._tx():
+                    made.append(self._insert_segment(kind, cols, seg))
+                    self.conn.execute("DELETE FROM journal WHERE kind=? AND id<=?",
+                                      (kind, ids[-1]))
+                after = ids[-1]
         return made
 
     def _insert_segment(self, kind: str, cols: Columns, seg: bytes,
@@ -267,25 +277,31 @@ class Store:
         return cur.lastrowid
 
     def merge_candidates(self, kind: str, *, older_than_ms: int, max_rows: int,
-                         exclude: Iterable[int] = ()) -> list[tuple[int, int]]:
-        """Never-attempted segments of ``kind`` worth merging: [(seq, n)], oldest first."""
+                         max_bytes: int = 8 << 20, exclude: Iterable[int] = ()
+                         ) -> list[tuple[int, int]]:
+        """Never-attempted adjacent segments of ``kind`` worth merging: [(seq, n)].
+
+        The run starts at the oldest candidate and stays within ``max_rows`` rows and
+        ``max_bytes`` of compressed segments, so the merged segment still fits one batch.
+        """
         skip = set(exclude)
         out: list[tuple[int, int]] = []
-        total = 0
-        for seq, n in self.conn.execute(
-                "SELECT seq, n FROM segments WHERE kind=? AND attempts=0 AND created_ms<=? "
+        rows = size = 0
+        for seq, n, sz in self.conn.execute(
+                "SELECT seq, n, size FROM segments WHERE kind=? AND attempts=0 AND created_ms<=? "
                 "ORDER BY seq", (kind, older_than_ms)):
             if seq in skip:
                 break
-            if total + n > max_rows:
+            if rows + n > max_rows or size + sz > max_bytes:
                 if len(out) >= 2:
                     break
                 # the run so far cannot grow: start a new run from here
-                out, total = [], 0
-                if n >= max_rows:
+                out, rows, size = [], 0, 0
+                if n >= max_rows or sz >= max_bytes:
                     continue
             out.append((seq, n))
-            total += n
+            rows += n
+            size += sz
         return out if len(out) >= 2 else []
 
     def read_segments(self, seqs: Sequence[int]) -> list[bytes]:

@@ -45,6 +45,8 @@ class CentralConfig:
     timeout_s: float = field(default=30.0, metadata=_check(lambda v: v > 0, "must be > 0"))
     backoff_initial_s: float = field(default=0.5, metadata=_check(lambda v: v > 0, "must be > 0"))
     backoff_max_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "must be > 0"))
+    # Upper bound of one batch: segments (rolled and merged) are sized to fit in it. Central
+    # accepts up to 64 MiB by default.
     max_batch_bytes: int = field(default=8 * 1024 * 1024,
                                  metadata=_check(lambda v: v >= 1024, "must be >= 1024"))
 
@@ -290,6 +292,7 @@ api_key = "CHANGE-ME"             # from: fleet-central nodes add NODE_ID
 timeout_s = 30.0
 backoff_initial_s = 0.5
 backoff_max_s = 60.0
+max_batch_bytes = 8388608         # segments are sized to fit one batch of this size
 
 [buffer]
 max_disk_mb = 1024                # oldest logs, then oldest metrics, are dropped beyond this

@@ -72,7 +72,9 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     registry = Registry("fleet_edge")
     registry.gauge("build_info", "Version of this edge node.", ("version", "node_id"),
                    callback=lambda: {(__version__, cfg.node_id): 1.0})
-    buffer = BufferService(store, cfg.buffer, registry)
+    # leave room for the batch envelope and the series definitions that may ride along
+    buffer = BufferService(store, cfg.buffer, registry,
+                           max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75))
     own_client = client is None
     if client is None:
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)

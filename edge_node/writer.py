@@ -44,14 +44,16 @@ class BufferService:
     """Owns the :class:`Store` and every task that writes to it."""
 
     def __init__(self, store: Store, cfg: BufferConfig, registry: Registry, *,
-                 inline: bool = False) -> None:
+                 max_segment_bytes: int = 8 << 20, inline: bool = False) -> None:
         """Args:
+            max_segment_bytes: upper bound for one segment, so it fits one batch to central.
             inline: run store calls on the Trio thread instead of a worker thread. Only for
                 tests on a virtual clock (``autojump_clock`` would jump while a thread works).
         """
         self.store = store
         self.cfg = cfg
         self.inline = inline
+        self.max_segment_bytes = max_segment_bytes
         self.limiter = trio.CapacityLimiter(1)
         self.merge_limiter = trio.CapacityLimiter(1)
         self.series, self.next_sid = store.load_series()
@@ -177,7 +179,8 @@ class BufferService:
             await self.roll_now()
 
     async def roll_now(self) -> None:
-        made = await self.run(self.store.roll)
+        made = await self.run(partial(self.store.roll, max_rows=self.cfg.segment_max_samples,
+                                      max_bytes=self.max_segment_bytes))
         if made:
             self.m_rolls.inc(len(made))
             self.segment_ready.set()
@@ -197,7 +200,8 @@ class BufferService:
                 cands = await self.run(
                     partial(merge_store.merge_candidates, kind,
                             older_than_ms=now_ms() - int(self.cfg.merge_after_s * 1000),
-                            max_rows=self.cfg.segment_max_samples, exclude=set(self.inflight)),
+                            max_rows=self.cfg.segment_max_samples,
+                            max_bytes=self.max_segment_bytes, exclude=set(self.inflight)),
                     limiter=lim)
                 if not cands:
                     continue

@@ -197,3 +197,19 @@ def test_integrity_check_reports_corrupt_segments(store: Store) -> None:
     assert store.integrity_check() == []
     store.conn.execute("UPDATE segments SET blob=x'00' WHERE seq=?", (seq,))
     assert any(f"segment {seq}" in p for p in store.integrity_check())
+
+
+def test_roll_and_merge_respect_the_batch_size(store: Store) -> None:
+    it = Interner(store)
+    for i in range(6):  # ~60 kB of random log text per request
+        it.append(_batch(0, logs=600, t0=NOW + i * 1000))
+    seqs = store.roll(max_bytes=100_000)
+    assert len(seqs) >= 3  # the journal was cut into several segments...
+    assert store.stats().journal_rows == 0  # ...and nothing was left behind
+    sizes = [r[0] for r in store.conn.execute("SELECT size FROM segments")]
+    cands = store.merge_candidates("logs", older_than_ms=2**62, max_rows=10**6,
+                                   max_bytes=max(sizes) * 2)
+    assert 2 <= len(cands) <= len(seqs)
+    picked = set(s for s, _ in cands)
+    assert sum(sz for (seq, sz) in store.conn.execute("SELECT seq, size FROM segments")
+               if seq in picked) <= max(sizes) * 2
