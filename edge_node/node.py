@@ -28,6 +28,7 @@ from .config import EdgeConfig
 from .forward import Forwarder
 from .ingest import create_app
 from .metrics import Registry
+from .selfmon import register_process_metrics
 from .writer import BufferService
 
 log = logging.getLogger("fleet_edge.node")
@@ -73,6 +74,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     registry.gauge("build_info", "Version of this edge node.", ("version", "node_id"),
                    callback=lambda: {(__version__, cfg.node_id): 1.0})
     # leave room for the batch envelope and the series definitions that may ride along
+    register_process_metrics(registry, cfg.data_dir)
     buffer = BufferService(store, cfg.buffer, registry,
                            max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75))
     own_client = client is None

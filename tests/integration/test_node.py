@@ -121,7 +121,8 @@ async def test_metrics_and_health_endpoints(tmp_path: Path, central: Central) ->
                  "fleet_edge_forwarded_total", "fleet_edge_acked_total",
                  "fleet_edge_dropped_total", "fleet_edge_buffer_bytes",
                  "fleet_edge_backlog_age_seconds", "fleet_edge_forward_errors_total",
-                 "fleet_edge_dead_letters"):
+                 "fleet_edge_dead_letters", "fleet_edge_process_resident_memory_bytes",
+                 "fleet_edge_data_disk_free_bytes"):
         assert f"# TYPE {name} " in text, name
     assert 'fleet_edge_acked_total{kind="metrics"} 3' in text
     assert 'fleet_central_batches_total{outcome="applied"}' in ctext
