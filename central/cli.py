@@ -14,6 +14,7 @@ from functools import partial
 import trio
 
 from edge_node import __version__
+from edge_node.cli import startup_error
 
 from .errors import RegistryError
 from .server import run_central
@@ -85,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "run":
-        trio.run(_serve, args)
+        try:
+            trio.run(_serve, args)
+        except (Exception, BaseExceptionGroup) as exc:
+            # e.g. the listen address is in use, the data dir not writable
+            leaf = startup_error(exc, (OSError,))
+            if leaf is None:
+                raise
+            print(f"fleet-central: cannot start: {leaf}", file=sys.stderr)
+            return 1
         return 0
     store = _store(args)
     try:

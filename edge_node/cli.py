@@ -16,7 +16,20 @@ import trio
 
 from . import __version__
 from .config import EXAMPLE_CONFIG, EdgeConfig
-from .errors import ConfigError
+from .errors import ConfigError, EdgeError
+
+
+def startup_error(exc: BaseException, kinds: tuple[type[BaseException], ...]
+                  ) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc`` (through exception groups), if any."""
+    if isinstance(exc, kinds):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = startup_error(inner, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _load(args.config)
         logging.basicConfig(level=(level or cfg.log_level).upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        trio.run(_run, cfg)
+        try:
+            trio.run(_run, cfg)
+        except (Exception, BaseExceptionGroup) as exc:
+            leaf = startup_error(exc, (EdgeError, OSError))
+            if leaf is None:
+                raise
+            print(f"fleet-edge: cannot start: {leaf}", file=sys.stderr)
+            return 1
         return 0
     if args.cmd == "demo":
         from .demo import run_demo

@@ -61,3 +61,22 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "result: OK" in r.stdout
     assert "lost" in r.stdout
+
+
+def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "edge.toml"
+        cfg.write_text(EXAMPLE_CONFIG.replace('"0.0.0.0:9300"', f'"127.0.0.1:{port}"')
+                       .replace("/var/lib/fleet-edge", str(tmp_path / "edge")))
+        r = _run("edge_node.cli", "run", "--config", str(cfg))
+        assert r.returncode == 1
+        assert "cannot start" in r.stderr and "Traceback" not in r.stderr
+        r = _run("central.cli", "run", "--listen", f"127.0.0.1:{port}", "--data-dir",
+                 str(tmp_path / "c"))
+        assert r.returncode == 1
+        assert "cannot start" in r.stderr and "Traceback" not in r.stderr
