@@ -222,6 +222,16 @@ def encode_segment(cols: Columns, *, level: int = 3) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(raw)
 
 
+def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise WireError(f"{what} is not valid msgpack: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise WireError(f"{what} is not a msgpack map")
+    return doc
+
+
 def decode_segment(blob: bytes) -> Columns:
     """Decode a segment made by :func:`encode_segment`.
 
@@ -233,12 +243,7 @@ def decode_segment(blob: bytes) -> Columns:
         raw = dctx.decompress(blob, max_output_size=MAX_SEGMENT_RAW_BYTES)
     except zstandard.ZstdError as exc:
         raise WireError(f"segment is not valid zstd: {exc}") from exc
-    try:
-        doc = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise WireError(f"segment is not valid msgpack: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise WireError("segment is not a map")
+    doc = _unpack_map(raw, "segment")
     try:
         return _decode_doc(doc)
     except (KeyError, TypeError, ValueError) as exc:
@@ -353,12 +358,7 @@ def decode_batch(body: bytes, *, max_defs_bytes: int = 256 << 20) -> Batch:
     Raises:
         WireError: with a reason suitable for a 400 answer.
     """
-    try:
-        doc = msgpack.unpackb(body, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise WireError(f"batch is not valid msgpack: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise WireError("batch is not a msgpack map")
+    doc = _unpack_map(body, "batch")
     if doc.get("v") != WIRE_VERSION:
         raise WireError(f"batch version {doc.get('v')!r} is not supported (want {WIRE_VERSION})")
     try:

@@ -53,16 +53,22 @@ def procs() -> list[Proc]:
         p.stop()
 
 
-async def test_kill9_repeatedly_loses_nothing_acknowledged(tmp_path: Path,
-                                                           procs: list[Proc]) -> None:
-    central = start_central(tmp_path)
+def _cluster(tmp: Path, procs: list[Proc], extra: str = "") -> tuple[Proc, Proc, str]:
+    """Start central, register a node, start its edge; both are stopped after the test."""
+    central = start_central(tmp)
     procs.append(central)
-    key = register(tmp_path)
+    key = register(tmp)
     central.start()
-    cfg, url = write_edge_config(tmp_path, central.url, key)
-    edge = edge_proc(tmp_path, cfg, url)
+    cfg, url = write_edge_config(tmp, central.url, key, extra=extra)
+    edge = edge_proc(tmp, cfg, url)
     procs.append(edge)
     edge.start()
+    return central, edge, url
+
+
+async def test_kill9_repeatedly_loses_nothing_acknowledged(tmp_path: Path,
+                                                           procs: list[Proc]) -> None:
+    central, edge, url = _cluster(tmp_path, procs)
     load = LoadGenerator(url)
     stop = trio.Event()
     rng = random.Random(42)
@@ -83,14 +89,7 @@ async def test_kill9_repeatedly_loses_nothing_acknowledged(tmp_path: Path,
 
 async def test_central_outage_then_everything_arrives_once(tmp_path: Path,
                                                            procs: list[Proc]) -> None:
-    central = start_central(tmp_path)
-    procs.append(central)
-    key = register(tmp_path)
-    central.start()
-    cfg, url = write_edge_config(tmp_path, central.url, key)
-    edge = edge_proc(tmp_path, cfg, url)
-    procs.append(edge)
-    edge.start()
+    central, edge, url = _cluster(tmp_path, procs)
     load = LoadGenerator(url, concurrency=4)
     stop = trio.Event()
     async with trio.open_nursery() as n:
@@ -110,14 +109,7 @@ async def test_central_outage_then_everything_arrives_once(tmp_path: Path,
 
 
 async def test_sigterm_drains_and_exits_zero(tmp_path: Path, procs: list[Proc]) -> None:
-    central = start_central(tmp_path)
-    procs.append(central)
-    key = register(tmp_path)
-    central.start()
-    cfg, url = write_edge_config(tmp_path, central.url, key)
-    edge = edge_proc(tmp_path, cfg, url)
-    procs.append(edge)
-    edge.start()
+    central, edge, url = _cluster(tmp_path, procs)
     load = LoadGenerator(url)
     stop = trio.Event()
     async with trio.open_nursery() as n:
@@ -136,15 +128,8 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, procs: list[Proc]) 
 
 async def test_backlog_merge_and_kill9_during_drain(tmp_path: Path, procs: list[Proc]) -> None:
     """A long outage: small segments are merged into big ones; then kill -9 mid-drain."""
-    central = start_central(tmp_path)
-    procs.append(central)
-    key = register(tmp_path)
-    central.start()
-    cfg, url = write_edge_config(tmp_path, central.url, key,
-                                 extra="merge_after_s = 0.3\nsegment_max_samples = 20000\n")
-    edge = edge_proc(tmp_path, cfg, url)
-    procs.append(edge)
-    edge.start()
+    central, edge, url = _cluster(
+        tmp_path, procs, extra="merge_after_s = 0.3\nsegment_max_samples = 20000\n")
     central.kill9()  # the WAN is down from the start
     load = LoadGenerator(url, concurrency=4)
     stop = trio.Event()
