@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -388,10 +389,31 @@ class Store:
             self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
             self._bump(f"dead_lettered_{kind}", n)
 
-    def dead_letters(self) -> list[dict[str, object]]:
+    def dead_letters(self) -> list[dict[str, Any]]:
         return [dict(zip(("seq", "kind", "n", "reason", "failed_ms"), r, strict=True))
                 for r in self.conn.execute(
                     "SELECT seq, kind, n, reason, failed_ms FROM dead_letters ORDER BY seq")]
+
+    def requeue_dead_letters(self, seqs: Iterable[int] | None = None) -> list[tuple[int, int]]:
+        """Put dead-lettered segments back in the queue (after central was fixed).
+
+        Each gets a new sequence number: central never applied it, so nothing is duplicated.
+        Returns [(old seq, new seq)].
+        """
+        moved: list[tuple[int, int]] = []
+        with self._tx():
+            rows = self.conn.execute(
+                "SELECT seq, kind, n, blob, failed_ms FROM dead_letters ORDER BY seq").fetchall()
+            wanted = None if seqs is None else set(seqs)
+            for seq, kind, n, blob, failed in rows:
+                if wanted is not None and seq not in wanted:
+                    continue
+                cols = decode_segment(blob)
+                new = self._insert_segment(kind, cols, blob, created_ms=failed)
+                self.conn.execute("DELETE FROM dead_letters WHERE seq=?", (seq,))
+                self._bump("requeued_dead_letters", n)
+                moved.append((seq, new))
+        return moved
 
     # -- disk budget ---------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from functools import partial
 
 import httpx
@@ -53,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the node's config (to find its listen address)")
     st.add_argument("--url", help="the node's base URL instead of --config")
     st.add_argument("--json", action="store_true")
+    dl = sub.add_parser("dead-letters", help="list the batches central refused as malformed; "
+                                             "--requeue sends them again")
+    dl.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    required="FLEET_EDGE_CONFIG" not in os.environ,
+                    help="the node's config (to find its buffer)")
+    dl.add_argument("--requeue", nargs="*", type=int, metavar="SEQ",
+                    help="requeue these (or, with no SEQ, all) dead letters")
+    dl.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="run central + edge + simulated devices in this process "
                                        "and check nothing acknowledged is lost")
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
@@ -135,6 +144,35 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from .buffer import Store
+
+    cfg = _load(args.config)
+    if not cfg.db_path.exists():
+        print(f"fleet-edge: no buffer at {cfg.db_path}", file=sys.stderr)
+        return 1
+    store = Store(cfg.db_path, synchronous=cfg.buffer.synchronous)
+    try:
+        if args.requeue is not None:
+            moved = store.requeue_dead_letters(args.requeue or None)
+            for old, new in moved:
+                print(f"requeued dead letter {old} as segment {new}")
+            print(f"{len(moved)} dead letters requeued")
+            return 0
+        rows = store.dead_letters()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'SEQ':>8} {'KIND':<10} {'ROWS':>9} {'FAILED (UTC)':<20} REASON")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(r["failed_ms"]) / 1000))
+        print(f"{r['seq']:>8} {r['kind']!s:<10} {r['n']:>9} {when:<20} {r['reason']}")
+    print(f"{len(rows)} dead letters")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "check-config":
@@ -158,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "status":
         return _status(args)
+    if args.cmd == "dead-letters":
+        return _dead_letters(args)
     level = getattr(args, "log_level", None)
     if args.cmd == "run":
         cfg = _load(args.config)

@@ -76,6 +76,11 @@ class Forwarder:
                                   ("reason",))
         self.m_dead = r.counter("dead_lettered_total",
                                 "Rows moved to the dead-letter table.", ("kind",))
+        self.last_ack_s = 0.0
+        r.gauge("central_connected", "1 when the last exchange with central succeeded.",
+                callback=lambda: 1.0 if self.connected else 0.0)
+        r.gauge("last_ack_timestamp_seconds", "When central last acknowledged a batch.",
+                callback=lambda: self.last_ack_s)
         counters = buffer.stats_cache.counters
         for kind in ("heartbeats", "metrics", "logs"):
             self.m_acked.inc(counters.get(f"acked_{kind}", 0), kind)
@@ -113,6 +118,7 @@ class Forwarder:
                         await buf.run(buf.store.ack, seg.seq, seg.kind, seg.n,
                                       [sid for sid, _ in defs])
                     self.m_acked.inc(seg.n, seg.kind)
+                    self.last_ack_s = time.time()
                     self.backoff.reset()
                     return
                 if verdict.action == RESEND:

@@ -147,3 +147,28 @@ async def test_auth_failures_keep_the_data(tmp_path: Path, autojump_clock: trio.
     buf, fwd = await _run(tmp_path, handler, lambda b, f: len(calls) >= 5)
     assert buf.store.stats().pending["metrics"] == 30
     assert "unknown or revoked" in fwd.last_error
+
+
+async def test_dead_letters_cli_lists_and_requeues(tmp_path: Path,
+                                                   autojump_clock: trio.abc.Clock) -> None:
+    import subprocess
+    import sys
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "segment is inconsistent"})
+
+    buf, _ = await _run(tmp_path, handler, lambda b, f: f.m_dead.get("metrics") > 0)
+    buf.store.close()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'node_id = "edge-1"\ndata_dir = "{tmp_path / "edge"}"\n'
+                   '[central]\nurl = "http://127.0.0.1:9"\napi_key = "k"\n')
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "edge_node.cli", "dead-letters", "--config",
+                               str(cfg), *args], check=True, capture_output=True,
+                              text=True).stdout
+
+    listing = cli()
+    assert "segment is inconsistent" in listing and "1 dead letters" in listing
+    assert "1 dead letters requeued" in cli("--requeue")
+    assert "0 dead letters" in cli()

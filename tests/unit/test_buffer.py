@@ -213,3 +213,15 @@ def test_roll_and_merge_respect_the_batch_size(store: Store) -> None:
     picked = set(s for s, _ in cands)
     assert sum(sz for (seq, sz) in store.conn.execute("SELECT seq, size FROM segments")
                if seq in picked) <= max(sizes) * 2
+
+
+def test_requeue_dead_letters_gets_a_new_seq(store: Store) -> None:
+    it = Interner(store)
+    it.append(_batch(10))
+    (seq,) = store.roll()
+    store.dead_letter(seq, "central bug")
+    [(old, new)] = store.requeue_dead_letters()
+    assert old == seq and new > seq
+    assert store.dead_letters() == []
+    nxt = store.next_segment()
+    assert nxt is not None and nxt.seq == new and nxt.n == 10
