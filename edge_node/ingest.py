@@ -21,7 +21,7 @@ from .config import EdgeConfig
 from .errors import BufferError_, IngestError, PayloadTooLarge
 from .metrics import CONTENT_TYPE, Registry
 from .protocols.decode import decompress
-from .protocols.native import NativeParser, decode_body
+from .protocols.native import NativeParser
 from .writer import BufferService
 
 log = logging.getLogger("fleet_edge.ingest")
@@ -95,7 +95,7 @@ class IngestHandler:
         try:
             body = await self._read(receive, lim.max_body_bytes, declared)
             raw = decompress(body, cenc, lim.max_decompressed_bytes)
-            batch = self.parser.parse(decode_body(raw, ctype), now)
+            batch = self.parser.parse_body(raw, ctype, now)
         except IngestError as exc:
             self.m_requests.inc(1, str(exc.status))
             self.m_rejected.inc(1, type(exc).__name__)

@@ -123,12 +123,13 @@ def _series_exponents(values: F64, starts: I64, counts: I64) -> npt.NDArray[np.u
     """The smallest decimal exponent that makes every value of each series an exact integer."""
     n = values.shape[0]
     need = np.full(n, FLOAT_MODE, dtype=np.int64)
+    todo = np.arange(n)
     for e in range(_MAX_EXP + 1):
-        todo = need == FLOAT_MODE
-        if not todo.any():
+        if not todo.size:
             break
-        ok, _ = _exact_at(values, e)
-        need[todo & ok] = e
+        ok, _ = _exact_at(values[todo], e)  # only the values not resolved yet
+        need[todo[ok]] = e
+        todo = todo[~ok]
     per_series = np.maximum.reduceat(need, starts) if n else np.zeros(0, dtype=np.int64)
     exps = per_series.astype(np.uint8)
     # A value exact at e may (rarely) not be exact at a larger e: recheck at the chosen exponent.

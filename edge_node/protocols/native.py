@@ -20,9 +20,10 @@ import re
 from typing import Any
 
 import msgpack
+import msgspec
 
 from ..config import IngestConfig
-from ..errors import BadRequest, PayloadTooLarge, UnsupportedMedia
+from ..errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMedia
 from ..model import DEVICE_LABEL, HEARTBEAT_SERIES, NAME_LABEL, IngestBatch, SeriesKey
 
 _METRIC_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
@@ -38,7 +39,38 @@ LEVELS = frozenset({"trace", "debug", "info", "notice", "warning", "warn", "erro
 JSON_TYPES = ("application/json",)
 _NUMBER_TYPES = frozenset({int, float})
 _INT_TYPE = frozenset({int})
-_MAX_INT = 2**63
+
+
+
+# The same shapes as typed structs: msgspec decodes and type-checks a well-formed request in C,
+# several times faster than generic decoding plus checks in Python. Anything it refuses is
+# parsed again by the generic path, which names the exact field of the problem.
+class _Metric(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    value: float
+    ts: int | None = None
+    labels: dict[str, str] | None = None
+
+
+class _Log(msgspec.Struct, forbid_unknown_fields=True):
+    line: str
+    ts: int | None = None
+    level: str = "info"
+    labels: dict[str, str] | None = None
+
+
+class _Object(msgspec.Struct, forbid_unknown_fields=True):
+    device_id: str
+    labels: dict[str, str] | None = None
+    metrics: list[_Metric] | None = None
+    logs: list[_Log] | None = None
+    heartbeat: bool = False
+    ts: int | None = None
+
+
+_TYPED = list[_Object] | _Object
+_JSON_DECODER = msgspec.json.Decoder(_TYPED)
+_MSGPACK_DECODER = msgspec.msgpack.Decoder(_TYPED)
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
 
@@ -71,6 +103,108 @@ class NativeParser:
         # (the common case): saves building and sorting a label tuple per sample.
         self._keys: dict[SeriesKey, dict[str, SeriesKey]] = {}
         self._n_keys = 0
+
+    def parse_body(self, raw: bytes, content_type: str | None, now_ms: int) -> IngestBatch:
+        """Parse a (decompressed) request body: the typed fast path, else the generic one."""
+        ctype = (content_type or "").split(";", 1)[0].strip().lower()
+        decoder = (_JSON_DECODER if ctype in JSON_TYPES else
+                   _MSGPACK_DECODER if ctype in MSGPACK_TYPES else None)
+        if decoder is not None:
+            try:
+                typed = decoder.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass
+            else:
+                try:
+                    return self._parse_typed(typed, now_ms)
+                except IngestError:
+                    pass  # the generic path below reports it, with the same field names
+        return self.parse(decode_body(raw, content_type), now_ms)
+
+    def _parse_typed(self, typed: list[_Object] | _Object, now_ms: int) -> IngestBatch:
+        out = IngestBatch()
+        objs = typed if isinstance(typed, list) else [typed]
+        if not objs:
+            raise BadRequest("list of objects is empty", field="body")
+        for obj in objs:
+            self._typed_object(obj, now_ms, out)
+        if not out:
+            raise BadRequest("request carries no metrics, logs or heartbeat", field="body")
+        return out
+
+    def _typed_object(self, obj: _Object, now_ms: int, out: IngestBatch) -> None:
+        dev = obj.device_id
+        if not _DEVICE_RE.match(dev):
+            raise BadRequest("bad device_id", field="device_id")
+        base = self._labels(obj.labels, "labels", {})
+        base[DEVICE_LABEL] = dev
+        lim = self.limits
+        if obj.metrics is not None:
+            if len(obj.metrics) + out.n_samples > lim.max_samples_per_request:
+                raise PayloadTooLarge("too many samples", field="metrics")
+            self._typed_metrics(obj.metrics, base, now_ms, out)
+        if obj.logs is not None:
+            if len(obj.logs) + out.n_logs > lim.max_logs_per_request:
+                raise PayloadTooLarge("too many log lines", field="logs")
+            for rec in obj.logs:
+                raw = rec.line.encode("utf-8", "surrogatepass")
+                level = rec.level.lower()
+                if len(raw) > lim.max_log_line_bytes or level not in LEVELS:
+                    raise BadRequest("bad log record", field="logs")
+                d = dict(self._labels(rec.labels, "logs", base))
+                d["level"] = level
+                out.log_keys.append(tuple(sorted(d.items())))
+                out.log_ts.append(self._ts(rec.ts, "logs", now_ms))
+                out.log_lines.append(raw)
+        if obj.heartbeat:
+            out.hb_keys.append(((NAME_LABEL, HEARTBEAT_SERIES), (DEVICE_LABEL, dev)))
+            out.hb_ts.append(self._ts(obj.ts, "ts", now_ms))
+
+    def _typed_metrics(self, metrics: list[_Metric], base: dict[str, str], now_ms: int,
+                       out: IngestBatch) -> None:
+        by_name = self._by_name(base)
+        tss = [now_ms if m.ts is None else m.ts for m in metrics]
+        if tss and (min(tss) < TS_MIN_MS or max(tss) > TS_MAX_MS):
+            raise BadRequest("timestamp out of range", field="metrics")
+        keys: list[SeriesKey | None]
+        if any([m.labels for m in metrics]):
+            keys = []
+            for m in metrics:
+                if m.labels:
+                    d = self._labels(m.labels, "metrics", base)
+                    d[NAME_LABEL] = self._name(m.name, "metrics")
+                    keys.append(tuple(sorted(d.items())))
+                else:
+                    keys.append(self._key_for(by_name, base, m.name))
+        else:
+            keys = [by_name.get(m.name) for m in metrics]
+            if None in keys:
+                keys = [self._key_for(by_name, base, m.name) for m in metrics]
+        out.metric_keys.extend(keys)  # type: ignore[arg-type]
+        out.metric_ts.extend(tss)
+        out.metric_values.extend([m.value for m in metrics])
+
+    def _by_name(self, base: dict[str, str]) -> dict[str, SeriesKey]:
+        base_t = tuple(sorted(base.items()))
+        by_name = self._keys.get(base_t)
+        if by_name is None:
+            if self._n_keys > 1_000_000:  # bound the cache; it refills from live traffic
+                self._keys.clear()
+                self._n_keys = 0
+            by_name = self._keys[base_t] = {}
+        return by_name
+
+    def _key_for(self, by_name: dict[str, SeriesKey], base: dict[str, str], name: str,
+                 where: str = "metrics") -> SeriesKey:
+        key = by_name.get(name)
+        if key is None:
+            name = self._name(name, where)
+            d = dict(base)
+            d[NAME_LABEL] = name
+            key = tuple(sorted(d.items()))
+            by_name[name] = key
+            self._n_keys += 1
+        return key
 
     def parse(self, doc: Any, now_ms: int) -> IngestBatch:
         out = IngestBatch()
@@ -179,13 +313,7 @@ class NativeParser:
 
     def _metrics(self, metrics: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
                  p: str) -> None:
-        base_t = tuple(sorted(base.items()))
-        by_name = self._keys.get(base_t)
-        if by_name is None:
-            if self._n_keys > 1_000_000:  # bound the cache; it refills from live traffic
-                self._keys.clear()
-                self._n_keys = 0
-            by_name = self._keys[base_t] = {}
+        by_name = self._by_name(base)
         if self._metrics_fast(metrics, by_name, now_ms, out):
             return
         keys, tss, vals = out.metric_keys, out.metric_ts, out.metric_values
@@ -211,23 +339,20 @@ class NativeParser:
                 d[NAME_LABEL] = name
                 key = tuple(sorted(d.items()))
             else:
-                key = by_name.get(name)  # type: ignore[assignment]
-                if key is None:
-                    name = self._name(name, f"{p}[{j}].name")
-                    d = dict(base)
-                    d[NAME_LABEL] = name
-                    key = tuple(sorted(d.items()))
-                    by_name[name] = key
-                    self._n_keys += 1
+                key = self._key_for(by_name, base, name, f"{p}[{j}].name")
             ts = m.get("ts")
             if ts.__class__ is int and TS_MIN_MS <= ts <= TS_MAX_MS:
                 tss.append(ts)
             else:
                 tss.append(self._ts(ts, f"{p}[{j}].ts", now_ms))
             keys.append(key)
-            if vc is int and not -_MAX_INT <= value <= _MAX_INT:
-                raise BadRequest("integer out of range (beyond +-2**63)", field=f"{p}[{j}].value")
-            vals.append(float(value) if vc is not float else value)
+            if vc is int:
+                try:
+                    value = float(value)
+                except OverflowError:
+                    raise BadRequest("integer out of range for a float",
+                                     field=f"{p}[{j}].value") from None
+            vals.append(value)
 
     def _metrics_fast(self, metrics: list[Any], by_name: dict[str, SeriesKey], now_ms: int,
                       out: IngestBatch) -> bool:
@@ -252,7 +377,9 @@ class NativeParser:
             return bool(not metrics)
         if min(tss) < TS_MIN_MS or max(tss) > TS_MAX_MS:
             return False
-        if min(values) < -_MAX_INT or max(values) > _MAX_INT:
+        try:
+            float(min(values)), float(max(values))
+        except OverflowError:
             return False
         keys = [by_name.get(n) for n in names]
         if None in keys:

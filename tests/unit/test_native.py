@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Callable
+from functools import partial
 
 import msgpack
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import given, settings
 
 from edge_node.config import IngestConfig
 from edge_node.errors import BadRequest, IngestError, PayloadTooLarge, UnsupportedMedia
+from edge_node.model import IngestBatch
 from edge_node.protocols.decode import decompress
 from edge_node.protocols.native import NativeParser, decode_body
 from tests.strategies import native_payloads
@@ -96,7 +99,7 @@ def test_fuzz_only_ingest_errors_escape(doc: object) -> None:
     for body, ctype in ((json.dumps(doc).encode(), "application/json"),
                         (msgpack.packb(doc), "application/msgpack")):
         try:
-            parser.parse(decode_body(body, ctype), NOW)
+            parser.parse_body(body, ctype, NOW)
         except IngestError as exc:
             assert exc.status in (400, 413)
 
@@ -135,22 +138,48 @@ def test_bad_encodings() -> None:
         decompress(zlib.compress(b"x")[:-3], "deflate", 100)
 
 
-@settings(max_examples=300)
+def _outcome(run: Callable[[], IngestBatch]) -> tuple[object, ...]:
+    try:
+        b = run()
+    except IngestError as exc:
+        return ("error", exc.status, exc.field)
+    return ("ok", b.metric_keys, b.metric_ts, [float(v) for v in b.metric_values],
+            b.log_keys, b.log_ts, b.log_lines, b.hb_keys, b.hb_ts)
+
+
+@settings(max_examples=400)
 @given(native_payloads())
-def test_fast_path_and_slow_path_agree(doc: object) -> None:
-    """The whole-list fast path must accept exactly what the per-sample path accepts."""
-    fast = NativeParser(IngestConfig())
+def test_all_parse_paths_agree(doc: object) -> None:
+    """The typed (msgspec) path and the column-wise fast path accept exactly what the
+    per-sample generic path accepts, with the same rows, and refuse the rest with its error."""
     slow = NativeParser(IngestConfig())
     slow._metrics_fast = lambda *a: False  # type: ignore[method-assign]
-    outcomes = []
-    for parser in (fast, slow, fast):  # twice for fast: its caches are warm the second time
-        try:
-            b = parser.parse(doc, NOW)
-            outcomes.append(("ok", b.metric_keys, b.metric_ts, [float(v) for v in
-                                                                 b.metric_values]))
-        except IngestError as exc:
-            outcomes.append(("error", exc.status))
-    assert outcomes[0] == outcomes[1] == outcomes[2]
+    fast = NativeParser(IngestConfig())
+    for body, ctype in ((json.dumps(doc).encode(), "application/json"),
+                        (msgpack.packb(doc), "application/msgpack")):
+        want = _outcome(partial(_generic, slow, body, ctype))
+        for _ in range(2):  # twice: the second time the name/key caches are warm
+            assert _outcome(partial(fast.parse_body, body, ctype, NOW)) == want
+            assert _outcome(partial(_generic, fast, body, ctype)) == want
+
+
+def _generic(parser: NativeParser, body: bytes, ctype: str) -> IngestBatch:
+    return parser.parse(decode_body(body, ctype), NOW)
+
+
+def test_well_formed_requests_take_the_typed_path(parser: NativeParser) -> None:
+    def refuse(*_: object) -> IngestBatch:
+        raise AssertionError("the generic path was used")
+
+    parser.parse = refuse  # type: ignore[method-assign]
+    doc = {"device_id": "d", "labels": {"site": "s"}, "heartbeat": True,
+           "metrics": [{"name": "a", "value": 1}, {"name": "b", "value": 2.5, "ts": NOW,
+                                                    "labels": {"core": "1"}}],
+           "logs": [{"line": "x", "level": "WARN"}]}
+    for body, ctype in ((json.dumps(doc).encode(), "application/json"),
+                        (msgpack.packb([doc, doc]), "application/msgpack")):
+        b = parser.parse_body(body, ctype, NOW)
+        assert b.n_samples in (2, 4) and b.log_keys[0][1] == ("level", "warn")
 
 
 def test_huge_integers_are_refused_not_crashing(parser: NativeParser) -> None:
