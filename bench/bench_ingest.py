@@ -4,7 +4,8 @@
 
 Starts a real ``fleet-edge run`` process (``synchronous = "full"``: every 204 is on disk) and
 drives it with wrk (Debian package ``wrk``) for two request shapes from the standard workload:
-10,000-sample msgpack requests (100 devices x 100 metrics, as a gateway agent batches them) and
+10,000-sample msgpack requests in the columnar form (5 devices x 100 series x 20 points) and
+in the per-sample form (100 devices x 100 metrics, as a gateway agent batches them), and
 100-sample JSON requests (one device's step). Reports samples/s and the edge process's
 CPU-seconds per million samples (user + system, from psutil). The central URL points at a
 closed port and backlog merging is deferred, so the figures are ingest alone (the forwarder
@@ -27,7 +28,7 @@ import httpx
 import msgpack
 import psutil
 
-from bench.workload import native_payloads, steps
+from bench.workload import columnar_payloads, native_payloads, steps
 from tests.e2e.procs import edge_proc, free_port, write_edge_config
 
 LUA = """
@@ -59,9 +60,11 @@ def main() -> None:
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench_ingest needs wrk: apt-get install -y wrk")
-    step = next(steps())
-    payloads = list(native_payloads(step))
+    all_steps = list(steps())
+    payloads = list(native_payloads(all_steps[0]))
     cases = [
+        ("msgpack columnar, 10,000 samples/req", "application/msgpack",
+         msgpack.packb(columnar_payloads(all_steps, range(5))), 10_000, 4),
         ("msgpack, 10,000 samples/request", "application/msgpack",
          msgpack.packb(payloads[:100]), 10_000, 4),
         ("JSON, 100 samples/request", "application/json",

@@ -50,3 +50,16 @@ def native_payloads(step: Step, devices: int = DEVICES) -> Iterator[dict[str, ob
                "metrics": [{"name": series_labels(d, m)["__name__"],
                             "value": float(step.values[d, m]), "ts": step.ts_ms}
                            for m in range(METRICS)]}
+
+
+def columnar_payloads(all_steps: list[Step], devices: range) -> list[dict[str, object]]:
+    """The steps as columnar requests: per device, each series once with all its points."""
+    ts = [st.ts_ms for st in all_steps]
+    out: list[dict[str, object]] = []
+    for d in devices:
+        out.append({"device_id": f"dev-{d:04d}",
+                    "labels": {"site": f"site-{d % 10}", "model": f"gw{d % 3}"},
+                    "series": [{"name": series_labels(d, m)["__name__"], "ts": ts,
+                                "values": [float(st.values[d, m]) for st in all_steps]}
+                               for m in range(METRICS)]})
+    return out

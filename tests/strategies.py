@@ -63,11 +63,20 @@ def native_payloads(draw: st.DrawFn) -> object:
         {"line": st.one_of(st.text(max_size=40), json_scalars)},
         optional={"level": st.sampled_from(["info", "error", "bogus"]),
                   "ts": st.integers(TS_MIN, TS_MAX)})
+    n = st.integers(1, 4)
+    series = n.flatmap(lambda k: st.fixed_dictionaries(
+        {"name": st.one_of(metric_names, json_scalars),
+         "ts": st.one_of(st.lists(st.integers(TS_MIN, TS_MAX), min_size=k, max_size=k),
+                         st.lists(st.integers(TS_MIN, TS_MAX), max_size=5), json_values),
+         "values": st.one_of(st.lists(values, min_size=k, max_size=k), json_values)},
+        optional={"labels": st.one_of(st.dictionaries(label_names, label_values, max_size=3),
+                                      json_values)}))
     obj = st.fixed_dictionaries(
         {"device_id": st.one_of(st.text(min_size=1, max_size=10), json_scalars)},
         optional={"labels": st.one_of(st.dictionaries(label_names, label_values, max_size=3),
                                       json_values),
                   "metrics": st.one_of(st.lists(metric, max_size=5), json_values),
+                  "series": st.one_of(st.lists(series, max_size=3), json_values),
                   "logs": st.one_of(st.lists(log, max_size=3), json_values),
                   "heartbeat": st.one_of(st.booleans(), json_scalars),
                   "junk": json_values})

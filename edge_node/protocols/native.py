@@ -8,7 +8,9 @@ One object (or a list of them)::
      "logs": [{"ts": 1795839600000, "line": "...", "level": "info", "labels": {"app": "x"}}],
      "heartbeat": true}
 
-``ts`` is Unix milliseconds and optional (the receive time is used). Every problem raises an
+``ts`` is Unix milliseconds and optional (the receive time is used). The same object may carry
+the columnar form, ``"series": [{"name", "labels"?, "ts": [...], "values": [...]}]``: one
+series with parallel lists of timestamps (required) and values. Every problem raises an
 :class:`~edge_node.errors.IngestError` naming the field, as ``objects[i].metrics[j].value``;
 the whole request is then refused, so nothing of it is stored.
 """
@@ -52,6 +54,13 @@ class _Metric(msgspec.Struct, forbid_unknown_fields=True):
     labels: dict[str, str] | None = None
 
 
+class _Series(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    ts: list[int]
+    values: list[float]
+    labels: dict[str, str] | None = None
+
+
 class _Log(msgspec.Struct, forbid_unknown_fields=True):
     line: str
     ts: int | None = None
@@ -63,6 +72,7 @@ class _Object(msgspec.Struct, forbid_unknown_fields=True):
     device_id: str
     labels: dict[str, str] | None = None
     metrics: list[_Metric] | None = None
+    series: list[_Series] | None = None
     logs: list[_Log] | None = None
     heartbeat: bool = False
     ts: int | None = None
@@ -143,6 +153,23 @@ class NativeParser:
             if len(obj.metrics) + out.n_samples > lim.max_samples_per_request:
                 raise PayloadTooLarge("too many samples", field="metrics")
             self._typed_metrics(obj.metrics, base, now_ms, out)
+        if obj.series is not None:
+            by_name = self._by_name(base)
+            for sr in obj.series:
+                n = len(sr.values)
+                if not n or len(sr.ts) != n or out.n_samples + n > lim.max_samples_per_request:
+                    raise BadRequest("bad series", field="series")
+                if min(sr.ts) < TS_MIN_MS or max(sr.ts) > TS_MAX_MS:
+                    raise BadRequest("timestamp out of range", field="series")
+                if sr.labels:
+                    d = self._labels(sr.labels, "series", base)
+                    d[NAME_LABEL] = self._name(sr.name, "series")
+                    key = tuple(sorted(d.items()))
+                else:
+                    key = self._key_for(by_name, base, sr.name)
+                out.metric_keys.extend([key] * n)
+                out.metric_ts.extend(sr.ts)
+                out.metric_values.extend(sr.values)
         if obj.logs is not None:
             if len(obj.logs) + out.n_logs > lim.max_logs_per_request:
                 raise PayloadTooLarge("too many log lines", field="logs")
@@ -278,7 +305,8 @@ class NativeParser:
     def _object(self, obj: Any, now_ms: int, out: IngestBatch, p: str) -> None:
         if not isinstance(obj, dict):
             raise BadRequest("must be an object", field=p.rstrip(".") or "body")
-        unknown = set(obj) - {"device_id", "labels", "metrics", "logs", "heartbeat", "ts"}
+        unknown = set(obj) - {"device_id", "labels", "metrics", "series", "logs", "heartbeat",
+                              "ts"}
         if unknown:
             raise BadRequest("unknown field", field=p + sorted(map(str, unknown))[0])
         dev = obj.get("device_id")
@@ -296,6 +324,11 @@ class NativeParser:
                 raise PayloadTooLarge(f"more than {lim.max_samples_per_request} samples in "
                                       "one request", field=p + "metrics")
             self._metrics(metrics, base, now_ms, out, p + "metrics")
+        series = obj.get("series")
+        if series is not None:
+            if not isinstance(series, list):
+                raise BadRequest("must be a list", field=p + "series")
+            self._series(series, base, now_ms, out, p + "series")
         logs = obj.get("logs")
         if logs is not None:
             if not isinstance(logs, list):
@@ -388,6 +421,60 @@ class NativeParser:
         out.metric_ts.extend(tss)
         out.metric_values.extend(values)
         return True
+
+    def _series(self, series: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
+                p: str) -> None:
+        """The columnar form: one series, then its timestamps and values as parallel lists."""
+        by_name = self._by_name(base)
+        lim = self.limits.max_samples_per_request
+        for j, sr in enumerate(series):
+            where = f"{p}[{j}]"
+            if not isinstance(sr, dict):
+                raise BadRequest("must be an object", field=where)
+            extra = set(sr) - {"name", "labels", "ts", "values"}
+            if extra:
+                raise BadRequest("unknown field", field=f"{where}.{sorted(map(str, extra))[0]}")
+            for part in ("name", "ts", "values"):
+                if part not in sr:
+                    raise BadRequest("is required", field=f"{where}.{part}")
+            tss, values = sr["ts"], sr["values"]
+            for part, col in (("ts", tss), ("values", values)):
+                if not isinstance(col, list) or not col:
+                    raise BadRequest("must be a non-empty list", field=f"{where}.{part}")
+            if len(tss) != len(values):
+                raise BadRequest(f"has {len(tss)} timestamps for {len(values)} values",
+                                 field=f"{where}.ts")
+            if out.n_samples + len(values) > lim:
+                raise PayloadTooLarge(f"more than {lim} samples in one request", field=where)
+            lbl = sr.get("labels")
+            if lbl:
+                d = self._labels(lbl, f"{where}.labels", base)
+                d[NAME_LABEL] = self._name(sr["name"], f"{where}.name")
+                key = tuple(sorted(d.items()))
+            else:
+                if lbl is not None and not isinstance(lbl, dict):
+                    raise BadRequest("must be an object of string labels",
+                                     field=f"{where}.labels")
+                key = self._key_for(by_name, base, sr["name"], f"{where}.name")
+            ts_out = []
+            for k, t in enumerate(tss):
+                if t is None:
+                    raise BadRequest("must be an integer Unix time in milliseconds",
+                                     field=f"{where}.ts[{k}]")
+                ts_out.append(self._ts(t, f"{where}.ts[{k}]", now_ms))
+            v_out = []
+            for k, v in enumerate(values):
+                if v.__class__ is bool or not isinstance(v, int | float):
+                    raise BadRequest(f"must be a number, got {v!r:.40}",
+                                     field=f"{where}.values[{k}]")
+                try:
+                    v_out.append(float(v))
+                except OverflowError:
+                    raise BadRequest("integer out of range for a float",
+                                     field=f"{where}.values[{k}]") from None
+            out.metric_keys.extend([key] * len(values))
+            out.metric_ts.extend(ts_out)
+            out.metric_values.extend(v_out)
 
     def _logs(self, logs: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
               p: str) -> None:

@@ -45,6 +45,39 @@ def test_full_payload(parser: NativeParser) -> None:
     assert b.log_lines == [b"hello"]
 
 
+def test_columnar_series(parser: NativeParser) -> None:
+    doc = {"device_id": "gw", "labels": {"site": "s1"},
+           "series": [{"name": "temp_c", "labels": {"probe": "a"}, "ts": [NOW, NOW + 1000],
+                       "values": [21.5, 21.75]},
+                      {"name": "up", "ts": [NOW], "values": [1]}],
+           "metrics": [{"name": "up", "value": 0, "ts": NOW + 1}]}
+    for body, ctype in ((json.dumps(doc).encode(), "application/json"),
+                        (msgpack.packb(doc), "application/msgpack")):
+        b = parser.parse_body(body, ctype, NOW)
+        assert b.metric_ts == [NOW + 1, NOW, NOW + 1000, NOW]
+        assert b.metric_values == [0.0, 21.5, 21.75, 1.0]
+        assert dict(b.metric_keys[1]) == {"__name__": "temp_c", "device": "gw", "site": "s1",
+                                          "probe": "a"}
+        assert b.metric_keys[0] is b.metric_keys[3]  # same series, same key
+
+
+@pytest.mark.parametrize(("series", "field"), [
+    ({"name": "x", "ts": [NOW, NOW], "values": [1]}, "series[0].ts"),
+    ({"name": "x", "ts": [], "values": []}, "series[0].ts"),
+    ({"name": "x", "ts": [NOW], "values": ["1"]}, "series[0].values[0]"),
+    ({"name": "x", "ts": [NOW, 5], "values": [1, 2]}, "series[0].ts[1]"),
+    ({"name": "x", "values": [1]}, "series[0].ts"),
+    ({"name": "9x", "ts": [NOW], "values": [1]}, "series[0].name"),
+    ({"name": "x", "ts": [NOW], "values": [1], "unit": "s"}, "series[0].unit"),
+])
+def test_columnar_errors_name_the_field(parser: NativeParser, series: object,
+                                        field: str) -> None:
+    body = json.dumps({"device_id": "d", "series": [series]}).encode()
+    with pytest.raises(IngestError) as info:
+        parser.parse_body(body, "application/json", NOW)
+    assert info.value.field == field
+
+
 def test_list_of_objects(parser: NativeParser) -> None:
     docs = [{"device_id": f"d{i}", "metrics": [{"name": "x", "value": i}]} for i in range(3)]
     assert parser.parse(docs, NOW).n_samples == 3
