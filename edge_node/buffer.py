@@ -35,7 +35,6 @@ from typing import Any
 
 import msgpack
 import numpy as np
-import sqlite_utils
 import zstandard
 
 from .errors import BufferError_
@@ -142,7 +141,6 @@ class Store:
             c.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise BufferError_(f"cannot open buffer {self.path}: {exc}") from exc
-        self.db = sqlite_utils.Database(self.conn)
         self._labels: dict[int, SeriesKey] = {}
         row = c.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row is None:
