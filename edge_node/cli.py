@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _load(args.config)
         logging.basicConfig(level=(level or cfg.log_level).upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if (level or cfg.log_level) != "debug":
+            # one line per batch sent is noise at info level; the forwarder logs what matters
+            logging.getLogger("httpx").setLevel(logging.WARNING)
         try:
             trio.run(_run, cfg)
         except (Exception, BaseExceptionGroup) as exc:
