@@ -4,13 +4,14 @@ A **segment** is what the buffer stores and what the forwarder ships unchanged: 
 kind (``metrics``, ``logs`` or ``heartbeats``) as columns, sorted by (series id, timestamp)::
 
     zstd( msgpack {
-        "v": 2, "k": kind, "n": rows,
+        "v": 3, "k": kind, "n": rows,
         "sid": ids of the series present (delta-coded), "cnt": rows per series,
         "t0": first timestamp per series (delta-coded across series),
         "tdd": remaining timestamps as delta-of-delta within each series,
         "exp": per-series decimal exponent e, or 255 when the values are raw float64,
-        "v0", "vi": values of integer-exact series as round(v * 10**e): the first of each series,
-               then the deltas within each series,
+        "v0", "vi", "vu", "mono": values of integer-exact series as round(v * 10**e): the
+               first of each series, then the deltas within each series (series that never
+               decrease, flagged in "mono", have theirs in "vu"),
         "vf":  raw float64 values of the other series,
         "len", "txt": log lines as lengths + concatenated UTF-8,
     })
@@ -40,7 +41,7 @@ import zstandard
 from .errors import WireError
 
 WIRE_VERSION = 1
-SEGMENT_VERSION = 2
+SEGMENT_VERSION = 3
 KINDS = ("heartbeats", "metrics", "logs")  # forward priority order, highest first
 BATCH_CONTENT_TYPE = "application/vnd.fleetd.batch+msgpack"
 FLOAT_MODE = 255
@@ -79,17 +80,21 @@ def _unzigzag(u: npt.NDArray[np.uint64]) -> I64:
     return ((u >> np.uint64(1)).view(np.int64)) ^ -((u & np.uint64(1)).view(np.int64))
 
 
+_UNSIGNED = 0x80  # flag in the width byte: the column had no negatives, stored without zigzag
+
+
 def pack_ints(a: npt.ArrayLike) -> bytes:
-    """Pack an int64 column: zigzag, narrowest width, byte-shuffled."""
+    """Pack an int64 column: zigzag (unless nothing is negative), narrowest width, shuffled."""
     arr = np.asarray(a, dtype=np.int64)
     if arr.size == 0:
         return b"\x00"
-    z = _zigzag(arr)
+    unsigned = int(arr.min()) >= 0
+    z = arr.view(np.uint64) if unsigned else _zigzag(arr)
     top = int(z.max())
     width = 1 if top < 1 << 8 else 2 if top < 1 << 16 else 4 if top < 1 << 32 else 8
     narrow = z.astype(f"<u{width}")
     shuffled = narrow.view(np.uint8).reshape(-1, width).T
-    return bytes([width]) + shuffled.tobytes()
+    return bytes([width | (_UNSIGNED if unsigned else 0)]) + shuffled.tobytes()
 
 
 def unpack_ints(b: bytes, n: int) -> I64:
@@ -98,12 +103,12 @@ def unpack_ints(b: bytes, n: int) -> I64:
         return np.zeros(0, dtype=np.int64)
     if not b:
         raise WireError("empty integer column")
-    width = b[0]
+    width, unsigned = b[0] & ~_UNSIGNED, b[0] & _UNSIGNED
     if width not in (1, 2, 4, 8) or len(b) != 1 + width * n:
         raise WireError(f"integer column has {len(b) - 1} bytes, expected {width}x{n}")
     planes = np.frombuffer(b, dtype=np.uint8, offset=1).reshape(width, n).T
-    narrow = np.ascontiguousarray(planes).view(f"<u{width}").reshape(n)
-    return _unzigzag(narrow.astype(np.uint64))
+    narrow = np.ascontiguousarray(planes).view(f"<u{width}").reshape(n).astype(np.uint64)
+    return narrow.view(np.int64) if unsigned else _unzigzag(narrow)
 
 
 # -- value scaling ------------------------------------------------------------------------------
@@ -213,7 +218,16 @@ def encode_segment(cols: Columns, *, level: int = 3) -> bytes:
         # first values (large, e.g. a counter's total) apart from the deltas (small), so the
         # delta column stays narrow
         doc["v0"] = pack_ints(vd[first & is_int])
-        doc["vi"] = pack_ints(vd[is_int & ~first])
+        # deltas of series that never decrease (counters) in a column of their own: it has no
+        # negatives, so it is stored without zigzag, a bit per value less to compress
+        rest = is_int & ~first
+        row_series = np.repeat(np.arange(starts.shape[0]), counts)
+        falls = np.zeros(starts.shape[0], dtype=bool)
+        falls[row_series[rest & (vd < 0)]] = True
+        mono_row = ~falls[row_series]
+        doc["mono"] = (~falls).astype(np.uint8).tobytes()
+        doc["vi"] = pack_ints(vd[rest & ~mono_row])
+        doc["vu"] = pack_ints(vd[rest & mono_row])
         doc["vf"] = values[~is_int].astype("<f8").tobytes()
     if cols.lines is not None:
         lines = [cols.lines[i] for i in order.tolist()]
@@ -300,7 +314,14 @@ def _decode_doc(doc: dict[str, Any]) -> Columns:
         heads = first & is_int
         n_heads = int(heads.sum())
         vd[heads] = unpack_ints(doc["v0"], n_heads)
-        vd[is_int & ~first] = unpack_ints(doc["vi"], n_int - n_heads)
+        mono = np.frombuffer(doc["mono"], dtype=np.uint8)
+        if mono.shape[0] != k:
+            raise WireError("monotonic-series column length mismatch")
+        mono_row = np.repeat(mono.astype(bool), counts)
+        rest = is_int & ~first
+        n_up = int((rest & mono_row).sum())
+        vd[rest & ~mono_row] = unpack_ints(doc["vi"], int(rest.sum()) - n_up)
+        vd[rest & mono_row] = unpack_ints(doc["vu"], n_up)
         # deltas of integer series restart at each series start; float rows hold 0
         scaled = _within_series_undelta(vd, starts)
         values = np.empty(n, dtype=np.float64)
