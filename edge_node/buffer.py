@@ -24,6 +24,7 @@ worker thread behind a ``CapacityLimiter(1)`` so exactly one call uses the conne
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -101,6 +102,41 @@ def _pack_journal(kind: str, sids: Sequence[int], ts: Sequence[int],
     if lines is not None:
         doc["l"] = list(lines)
     return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def pack_journal_rows(
+        batches: Sequence[tuple[IngestBatch, tuple[list[int], list[int], list[int]]]]
+) -> list[tuple[str, int, bytes]]:
+    """One journal row per kind for a whole group of requests: [(kind, rows, blob)]."""
+    m_ids: list[int] = []
+    m_ts: list[int] = []
+    m_v: list[float] = []
+    l_ids: list[int] = []
+    l_ts: list[int] = []
+    l_lines: list[bytes] = []
+    h_ids: list[int] = []
+    h_ts: list[int] = []
+    for b, (mi, li, hi) in batches:
+        if b.metric_values:
+            m_ids += mi
+            m_ts += b.metric_ts
+            m_v += b.metric_values
+        if b.log_lines:
+            l_ids += li
+            l_ts += b.log_ts
+            l_lines += b.log_lines
+        if b.hb_ts:
+            h_ids += hi
+            h_ts += b.hb_ts
+    rows = []
+    if m_v:
+        rows.append(("metrics", len(m_v), _pack_journal("metrics", m_ids, m_ts, m_v, None)))
+    if l_lines:
+        rows.append(("logs", len(l_lines), _pack_journal("logs", l_ids, l_ts, None, l_lines)))
+    if h_ts:
+        rows.append(("heartbeats", len(h_ts), _pack_journal("heartbeats", h_ids, h_ts, None,
+                                                            None)))
+    return rows
 
 
 def _unpack_journal(kind: str, blobs: Iterable[bytes]) -> Columns:
@@ -184,48 +220,48 @@ class Store:
         return self.series_labels(sorted(found))
 
     def mark_series(self, ids: Iterable[int], acked: bool) -> None:
-        rows = [(i,) for i in ids]
+        arg = (json.dumps(list(ids)),)
         with self._tx():
             if acked:
-                self.conn.executemany("DELETE FROM series_unacked WHERE id=?", rows)
+                self.conn.execute("DELETE FROM series_unacked WHERE id IN "
+                                  "(SELECT value FROM json_each(?))", arg)
             else:
-                self.conn.executemany("INSERT OR IGNORE INTO series_unacked(id) VALUES (?)",
-                                      rows)
+                self.conn.execute("INSERT OR IGNORE INTO series_unacked(id) "
+                                  "SELECT value FROM json_each(?)", arg)
 
     # -- ingest --------------------------------------------------------------------------------
 
     def append(self, new_series: Sequence[tuple[int, SeriesKey]],
                batches: Sequence[tuple[IngestBatch, tuple[list[int], list[int], list[int]]]]
                ) -> None:
-        """Commit new series and the journal rows of ``batches`` in one transaction.
+        """Commit new series and the rows of ``batches`` (with their series ids) at once."""
+        self.append_rows(new_series, pack_journal_rows(batches))
 
-        Each batch comes with the series ids of its metric, log and heartbeat rows.
+    def append_rows(self, new_series: Sequence[tuple[int, SeriesKey]],
+                    rows: Sequence[tuple[str, int, bytes]]) -> None:
+        """Commit new series and packed journal rows in one transaction (one fsync).
+
+        Few statements on purpose: the SQLite module hands the GIL back and forth around each
+        one, and under load every hand-back can wait for the busy event-loop thread.
         """
         created = now_ms()
-        rows: list[tuple[str, int, int, bytes]] = []
-        for b, (m_ids, l_ids, h_ids) in batches:
-            if b.metric_values:
-                rows.append(("metrics", len(b.metric_values), created, _pack_journal(
-                    "metrics", m_ids, b.metric_ts, b.metric_values, None)))
-            if b.log_lines:
-                rows.append(("logs", len(b.log_lines), created, _pack_journal(
-                    "logs", l_ids, b.log_ts, None, b.log_lines)))
-            if b.hb_ts:
-                rows.append(("heartbeats", len(b.hb_ts), created, _pack_journal(
-                    "heartbeats", h_ids, b.hb_ts, None, None)))
+        block = None
+        if new_series:
+            flat = [[sid, *(x for kv in key for x in kv)] for sid, key in new_series]
+            ids = [sid for sid, _ in new_series]
+            block = (min(ids), max(ids),
+                     zstandard.ZstdCompressor(level=3).compress(msgpack.packb(flat)),
+                     json.dumps(ids))
         with self._tx():
-            if new_series:
-                flat = [[sid, *(x for kv in key for x in kv)] for sid, key in new_series]
-                blob = zstandard.ZstdCompressor(level=3).compress(
-                    msgpack.packb(flat, use_bin_type=True))
-                ids = [sid for sid, _ in new_series]
+            if block is not None:
                 self.conn.execute(
                     "INSERT OR IGNORE INTO series_blocks(first_id, last_id, blob) VALUES (?,?,?)",
-                    (min(ids), max(ids), blob))
-                self.conn.executemany("INSERT OR IGNORE INTO series_unacked(id) VALUES (?)",
-                                      [(i,) for i in ids])
+                    block[:3])
+                self.conn.execute("INSERT OR IGNORE INTO series_unacked(id) "
+                                  "SELECT value FROM json_each(?)", (block[3],))
             self.conn.executemany(
-                "INSERT INTO journal(kind, n, created_ms, blob) VALUES (?, ?, ?, ?)", rows)
+                "INSERT INTO journal(kind, n, created_ms, blob) VALUES (?, ?, ?, ?)",
+                [(kind, n, created, blob) for kind, n, blob in rows])
         for sid, key in new_series:
             self._labels[sid] = key
 
@@ -366,10 +402,12 @@ class Store:
 
     def ack(self, seq: int, kind: str, n: int, series_ids: Iterable[int] = ()) -> None:
         """Central applied segment ``seq``: forget it, remember the series it defined."""
-        rows = [(i,) for i in series_ids]
+        ids = list(series_ids)
         with self._tx():
             self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
-            self.conn.executemany("DELETE FROM series_unacked WHERE id=?", rows)
+            if ids:
+                self.conn.execute("DELETE FROM series_unacked WHERE id IN "
+                                  "(SELECT value FROM json_each(?))", (json.dumps(ids),))
             self._bump(f"acked_{kind}", n)
             self._bump("acked_batches", 1)
 

@@ -17,7 +17,7 @@ from typing import TypeVar, TypeVarTuple
 import numpy as np
 import trio
 
-from .buffer import PendingSegment, Store, now_ms
+from .buffer import PendingSegment, Store, now_ms, pack_journal_rows
 from .config import BufferConfig
 from .errors import BufferError_
 from .metrics import Registry
@@ -146,7 +146,10 @@ class BufferService:
         new = list(self.unsaved)
         try:
             with trio.CancelScope(shield=True):  # a commit in progress must finish and report
-                await self.run(self.store.append, new, [(t.batch, t.sids) for t in group])
+                # packing is CPU work that needs the GIL anyway: do it here, and hand the
+                # store thread only the few statements of the transaction
+                rows = pack_journal_rows([(t.batch, t.sids) for t in group])
+                await self.run(self.store.append_rows, new, rows)
         except Exception as exc:
             log.error("buffer commit of %d requests failed: %s", len(group), exc)
             for t in group:
