@@ -172,8 +172,9 @@ class Store:
             c.execute("PRAGMA auto_vacuum=INCREMENTAL")
             c.execute("PRAGMA journal_mode=WAL")
             c.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            # Keep the WAL from staying huge after a burst (bytes).
-            c.execute("PRAGMA journal_size_limit=67108864")
+            # After each checkpoint, cut the WAL back to 4 MiB (about the autocheckpoint size):
+            # it counts against the disk budget, so it must not stay large after a burst.
+            c.execute("PRAGMA journal_size_limit=4194304")
             c.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise BufferError_(f"cannot open buffer {self.path}: {exc}") from exc
@@ -454,11 +455,16 @@ class Store:
     # -- disk budget ---------------------------------------------------------------------------
 
     def used_bytes(self) -> int:
+        """Disk the buffer occupies: live pages of the database file plus the WAL file."""
         c = self.conn
         page = c.execute("PRAGMA page_size").fetchone()[0]
         count = c.execute("PRAGMA page_count").fetchone()[0]
         free = c.execute("PRAGMA freelist_count").fetchone()[0]
-        return int((count - free) * page)
+        try:
+            wal = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            wal = 0
+        return int((count - free) * page) + wal
 
     def enforce_budget(self, max_bytes: int, exclude: Iterable[int] = ()) -> dict[str, int]:
         """Drop the oldest lowest-priority segments until the buffer fits ``max_bytes``.
@@ -485,7 +491,10 @@ class Store:
                     used -= size
                     self._bump(f"dropped_{kind}", n)
         if dropped:
+            # give the freed pages back to the filesystem, then fold the WAL (which holds
+            # those very writes) into the file and cut it to zero, if no reader is in the way
             self.conn.execute("PRAGMA incremental_vacuum")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return dropped
 
     # -- observability -------------------------------------------------------------------------
