@@ -54,6 +54,21 @@ def _wrk(url: str, body: Path, ctype: str, conns: int, seconds: int, tmp: Path
     return rps, int(non2xx.group(1)) if non2xx else 0, p99.group(1) if p99 else "?"
 
 
+def measure(pid: int, url: str, body: Path, ctype: str, conns: int, seconds: int, tmp: Path,
+            per_req: int, name: str) -> None:
+    """Drive ``url`` with wrk and print one table row with the server process's CPU cost."""
+    proc = psutil.Process(pid)
+    c0 = proc.cpu_times()
+    t0 = time.monotonic()
+    rps, non2xx, p99 = _wrk(url, body, ctype, conns, seconds, tmp)
+    wall = time.monotonic() - t0
+    c1 = proc.cpu_times()
+    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    samples = rps * per_req
+    print(f"{name:<42} {conns:>5} {rps:>9,.0f} {samples:>11,.0f} "
+          f"{cpu / (samples * wall / 1e6):>16.2f} {p99:>8} {non2xx:>8}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=15)
@@ -72,7 +87,7 @@ def main() -> None:
     ]
     print(f"edge ingest, fsync'd acks (synchronous=full), {args.seconds}s per case, "
           f"{psutil.cpu_count()} CPUs shared by wrk and the edge")
-    print(f"{'request shape':<34} {'conns':>5} {'req/s':>9} {'samples/s':>11} "
+    print(f"{'request shape':<42} {'conns':>5} {'req/s':>9} {'samples/s':>11} "
           f"{'CPU-s/M samples':>16} {'p99':>8} {'non-2xx':>8}")
     for name, ctype, body, per_req, conns in cases:
         with tempfile.TemporaryDirectory() as t:
@@ -88,17 +103,8 @@ def main() -> None:
                 bpath.write_bytes(body)
                 assert httpx.post(url + "/api/v1/ingest", content=body,
                                   headers={"Content-Type": ctype}).status_code == 204
-                proc = psutil.Process(edge.proc.pid)  # type: ignore[union-attr]
-                c0 = proc.cpu_times()
-                t0 = time.monotonic()
-                rps, non2xx, p99 = _wrk(url + "/api/v1/ingest", bpath, ctype, conns,
-                                        args.seconds, tmp)
-                wall = time.monotonic() - t0
-                c1 = proc.cpu_times()
-                cpu = (c1.user - c0.user) + (c1.system - c0.system)
-                samples = rps * per_req
-                print(f"{name:<34} {conns:>5} {rps:>9,.0f} {samples:>11,.0f} "
-                      f"{cpu / (samples * wall / 1e6):>16.2f} {p99:>8} {non2xx:>8}")
+                measure(edge.proc.pid, url + "/api/v1/ingest",  # type: ignore[union-attr]
+                        bpath, ctype, conns, args.seconds, tmp, per_req, name)
             finally:
                 edge.stop()
 

@@ -24,9 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-import psutil
 
-from bench.bench_ingest import _wrk
+from bench.bench_ingest import measure
 from bench.workload import DEVICES, METRICS, STEPS, Step, series_labels, steps
 from tests.e2e.procs import free_port
 
@@ -131,19 +130,10 @@ def accept(tmp: Path, seconds: int) -> None:
         try:
             bpath = tmp / "body.txt"
             bpath.write_bytes(body)
-            ps = psutil.Process(proc.pid)
-            c0 = ps.cpu_times()
-            t0 = time.monotonic()
             assert httpx.post(url + "/api/v1/import/prometheus",
                               content=body).status_code == 204
-            rps, non2xx, p99 = _wrk(url + "/api/v1/import/prometheus", bpath, "text/plain",
-                                    conns, seconds, tmp)
-            wall = time.monotonic() - t0
-            c1 = ps.cpu_times()
-            cpu = (c1.user - c0.user) + (c1.system - c0.system)
-            samples = rps * per_req
-            print(f"{name:<42} {conns:>5} {rps:>9,.0f} {samples:>11,.0f} "
-                  f"{cpu / (samples * wall / 1e6):>16.2f} {p99:>8} {non2xx:>8}")
+            measure(proc.pid, url + "/api/v1/import/prometheus", bpath, "text/plain", conns,
+                    seconds, tmp, per_req, name)
             errors = [ln for ln in httpx.get(url + "/metrics").text.splitlines()
                       if ln.startswith("vm_log_messages_total") and 'level="error"' in ln]
             assert not errors, f"vmagent refused the input: {errors}"

@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from functools import partial
@@ -14,7 +13,7 @@ from functools import partial
 import trio
 
 from edge_node import __version__
-from edge_node.cli import startup_error
+from edge_node.cli import startup_error, stop_on_signal
 
 from .errors import RegistryError
 from .server import run_central
@@ -73,12 +72,7 @@ async def _serve(args: argparse.Namespace) -> None:
     store = _store(args)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(partial(run_central, store, args.listen))
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                logging.getLogger("fleet_central").info(
-                    "%s received: shutting down", signal.Signals(signum).name)
-                handle.stop()
-                break
+        await stop_on_signal(handle.stop, "fleet_central")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 
 import httpx
@@ -81,6 +82,16 @@ def _load(path: str) -> EdgeConfig:
         sys.exit(2)
 
 
+async def stop_on_signal(stop: Callable[[], None], logger: str) -> None:
+    """Wait for SIGTERM or SIGINT, then call ``stop`` (a graceful shutdown) once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logging.getLogger(logger).info("%s received: draining and shutting down",
+                                           signal.Signals(signum).name)
+            stop()
+            return
+
+
 def tune_gc() -> None:
     """Collect garbage less often: ingest allocates many short-lived containers per request,
     and the default threshold (700) made the collector ~10% of the CPU under load. Objects
@@ -96,12 +107,7 @@ async def _run(cfg: EdgeConfig) -> None:
     tune_gc()
     async with trio.open_nursery() as nursery:
         node = await nursery.start(partial(run_edge_node, cfg))
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                logging.getLogger("fleet_edge").info(
-                    "%s received: draining and shutting down", signal.Signals(signum).name)
-                node.stop()
-                break
+        await stop_on_signal(node.stop, "fleet_edge")
 
 
 def _status(args: argparse.Namespace) -> int:
