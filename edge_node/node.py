@@ -82,7 +82,14 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)
     try:
         forwarder = Forwarder(cfg, buffer, client, registry)
-        health: dict[str, Any] = {"version": __version__}
+        def health() -> dict[str, Any]:
+            st = buffer.stats_cache
+            return {"version": __version__, "central_connected": forwarder.connected,
+                    "last_forward_error": forwarder.last_error or None,
+                    "pending_rows": sum(st.pending.values()),
+                    "backlog_age_s": round(buffer.backlog_age(), 3),
+                    "buffer_bytes": st.used_bytes, "dead_letters": st.dead_letters}
+
         app = create_app(cfg, buffer, registry, health)
         hc = HyperConfig()
         hc.bind = [cfg.listen]

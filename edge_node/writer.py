@@ -83,13 +83,13 @@ class BufferService:
         r.gauge("buffer_pending", "Rows waiting to be acknowledged by central.", ("kind",),
                 callback=lambda: {(k,): float(v) for k, v in self.stats_cache.pending.items()})
         r.gauge("backlog_age_seconds", "Age of the oldest unacknowledged data.",
-                callback=self._backlog_age)
+                callback=self.backlog_age)
         r.gauge("dead_letters", "Segments central refused as malformed (kept in the buffer).",
                 callback=lambda: float(self.stats_cache.dead_letters))
         r.gauge("buffer_disk_budget_bytes", "The configured disk budget.",
                 callback=lambda: float(self.max_bytes))
 
-    def _backlog_age(self) -> float:
+    def backlog_age(self) -> float:
         oldest = self.stats_cache.oldest_ms
         return 0.0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000)
 

@@ -117,6 +117,7 @@ async def test_metrics_and_health_endpoints(tmp_path: Path, central: Central) ->
         ctext = (await c.get(central.url + "/metrics")).text
         ready = await c.get(central.url + "/readyz")
     assert health["status"] == "ok" and health["node_id"] == "edge-1"
+    assert health["central_connected"] is True and health["dead_letters"] == 0
     for name in ("fleet_edge_ingested_total", "fleet_edge_committed_total",
                  "fleet_edge_forwarded_total", "fleet_edge_acked_total",
                  "fleet_edge_dropped_total", "fleet_edge_buffer_bytes",
