@@ -149,3 +149,43 @@ async def test_backlog_merge_and_kill9_during_drain(tmp_path: Path, procs: list[
         await trio.to_thread.run_sync(edge.start)
     await _drain(tmp_path, load)
     _assert_exactly_once(tmp_path, load)
+
+
+async def test_status_command_reads_the_running_node(tmp_path: Path, procs: list[Proc]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    _, _, url = _cluster(tmp_path, procs)
+    r = httpx.post(url + "/api/v1/ingest", json={"device_id": "d", "heartbeat": True,
+                                                  "metrics": [{"name": "x", "value": 1}]})
+    assert r.status_code == 204
+    cfg = tmp_path / "edge.toml"
+
+    def status(*extra: str) -> str:
+        return subprocess.run([sys.executable, "-m", "edge_node.cli", "status", "--config",
+                               str(cfg), *extra], check=True, capture_output=True,
+                              text=True).stdout
+
+    with trio.fail_after(20):
+        while json.loads(status("--json"))["metrics"].get(
+                'fleet_edge_acked_total{kind="metrics"}') != 1.0:
+            await trio.sleep(0.2)
+    text = status()
+    assert "node edge-e2e" in text and "ingested" in text
+
+
+async def test_a_client_that_hangs_up_mid_body_stores_nothing(tmp_path: Path,
+                                                              procs: list[Proc]) -> None:
+    import socket
+
+    _, edge, url = _cluster(tmp_path, procs)
+    port = int(url.rsplit(":", 1)[1])
+    body = b'{"device_id": "d", "metrics": [{"name": "x", "value": 1}]}'
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /api/v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: %d\r\n\r\n" % (len(body) + 100) + body)
+    await trio.sleep(0.5)
+    metrics = httpx.get(url + "/metrics").text
+    assert "fleet_edge_buffer_commits_total 0" in metrics
+    assert edge.proc is not None and edge.proc.poll() is None
