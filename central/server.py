@@ -38,6 +38,7 @@ async def run_central(store: Store, listen: str, *, graceful_s: float = 10.0,
         hc.accesslog = None
         hc.errorlog = logging.getLogger("fleet_central.http")
         hc.keep_alive_timeout = 75
+        hc.keep_alive_max_requests = 1_000_000  # one edge node sends batches for months
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(lambda task_status: serve(

@@ -97,6 +97,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
         hc.accesslog = None
         hc.errorlog = logging.getLogger("fleet_edge.http")
         hc.keep_alive_timeout = 75
+        # devices post every few seconds for months: don't make them reconnect every 1,000
+        hc.keep_alive_max_requests = 1_000_000
         stop = trio.Event()
         served = trio.Event()
 
