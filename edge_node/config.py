@@ -271,11 +271,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def example_toml() -> str:
-    """A commented config that ``check-config`` accepts once url and key are filled in."""
-    return EXAMPLE_CONFIG
-
-
+# A commented config with every key; `fleet-edge example-config` prints it and a test checks
+# that it validates.
 EXAMPLE_CONFIG = """\
 # fleet-edge configuration. Every key can be overridden by an environment variable:
 # FLEET_EDGE_ + the dotted key upper-cased, '.' -> '_':

@@ -14,7 +14,6 @@ SeriesKey = tuple[tuple[str, str], ...]
 NAME_LABEL = "__name__"
 DEVICE_LABEL = "device"
 HEARTBEAT_SERIES = "fleet_heartbeat"
-LOG_SERIES = "fleet_log"
 
 
 def series_key(labels: dict[str, str]) -> SeriesKey:

@@ -63,7 +63,6 @@ class Columns:
     ts: I64
     values: F64 | None = None
     lines: list[bytes] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.series.shape[0])

@@ -39,8 +39,6 @@ LEVELS = frozenset({"trace", "debug", "info", "notice", "warning", "warn", "erro
                     "fatal", "unknown"})
 
 JSON_TYPES = ("application/json",)
-_NUMBER_TYPES = frozenset({int, float})
-_INT_TYPE = frozenset({int})
 
 
 
@@ -347,8 +345,6 @@ class NativeParser:
     def _metrics(self, metrics: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
                  p: str) -> None:
         by_name = self._by_name(base)
-        if self._metrics_fast(metrics, by_name, now_ms, out):
-            return
         keys, tss, vals = out.metric_keys, out.metric_ts, out.metric_values
         for j, m in enumerate(metrics):
             if m.__class__ is not dict:
@@ -386,41 +382,6 @@ class NativeParser:
                     raise BadRequest("integer out of range for a float",
                                      field=f"{p}[{j}].value") from None
             vals.append(value)
-
-    def _metrics_fast(self, metrics: list[Any], by_name: dict[str, SeriesKey], now_ms: int,
-                      out: IngestBatch) -> bool:
-        """Whole-list checks for the common case: objects of name/value[/ts], no labels.
-
-        Column-wise comprehensions and C-level min/max/set checks are several times faster than
-        the per-sample loop. Returns False, having added nothing, whenever anything is unusual:
-        the per-sample path then handles it (and names the exact field of any error).
-        """
-        try:
-            if not all([m.__class__ is dict and len(m) <= 3 and "labels" not in m
-                        for m in metrics]):
-                return False
-            names = [m["name"] for m in metrics]
-            values = [m["value"] for m in metrics]
-            tss = [m.get("ts", now_ms) for m in metrics]
-        except KeyError:
-            return False
-        if not set(map(type, values)) <= _NUMBER_TYPES or not set(map(type, tss)) <= _INT_TYPE:
-            return False
-        if not metrics or not all([len(m) == 2 or "ts" in m for m in metrics]):
-            return bool(not metrics)
-        if min(tss) < TS_MIN_MS or max(tss) > TS_MAX_MS:
-            return False
-        try:
-            float(min(values)), float(max(values))
-        except OverflowError:
-            return False
-        keys = [by_name.get(n) for n in names]
-        if None in keys:
-            return False  # a name not seen before for this label set: validate it slowly
-        out.metric_keys.extend(keys)  # type: ignore[arg-type]
-        out.metric_ts.extend(tss)
-        out.metric_values.extend(values)
-        return True
 
     def _series(self, series: list[Any], base: dict[str, str], now_ms: int, out: IngestBatch,
                 p: str) -> None:
