@@ -19,7 +19,7 @@ import numpy as np
 from bench.workload import DEVICES, METRICS, STEPS, series_labels, steps
 from edge_node.buffer import Store
 from edge_node.model import IngestBatch, series_key
-from edge_node.wire import Batch, Columns, decode_segment, encode_batch, encode_segment
+from edge_node.wire import Batch, concat_columns, decode_segment, encode_batch, encode_segment
 
 # POST line + Host, Authorization (64-char key), Content-Type, Content-Length, Accept,
 # Accept-Encoding, Connection, User-Agent, and a 200 JSON response with its headers.
@@ -51,9 +51,7 @@ def main() -> None:
         seqs = [r[0] for r in store.conn.execute("SELECT seq FROM segments ORDER BY seq")]
         t = time.perf_counter()
         parts = [decode_segment(x) for x in store.read_segments(seqs)]
-        cols = Columns("metrics", np.concatenate([p.series for p in parts]),
-                       np.concatenate([p.ts for p in parts]),
-                       np.concatenate([p.values for p in parts]))  # type: ignore[misc]
+        cols = concat_columns("metrics", parts)
         merged = encode_segment(cols, level=9)
         t_merge = time.perf_counter() - t
         store.replace_segments(seqs, "metrics", cols, merged)

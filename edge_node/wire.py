@@ -68,6 +68,21 @@ class Columns:
         return int(self.series.shape[0])
 
 
+def concat_columns(kind: str, parts: list[Columns]) -> Columns:
+    """Rows of several decoded segments of ``kind`` as one set of columns."""
+    cols = Columns(kind=kind,
+                   series=np.concatenate([p.series for p in parts]) if parts
+                   else np.zeros(0, np.int64),
+                   ts=np.concatenate([p.ts for p in parts]) if parts
+                   else np.zeros(0, np.int64))
+    if kind == "metrics":
+        cols.values = np.concatenate([p.values for p in parts if p.values is not None]) \
+            if parts else np.zeros(0, np.float64)
+    if kind == "logs":
+        cols.lines = [ln for p in parts for ln in (p.lines or [])]
+    return cols
+
+
 # -- integer column packing --------------------------------------------------------------------
 
 def _zigzag(a: I64) -> npt.NDArray[np.uint64]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar, TypeVarTuple
 
-import numpy as np
 import trio
 
 from .buffer import PendingSegment, Store, now_ms, pack_journal_rows
@@ -22,7 +21,7 @@ from .config import BufferConfig
 from .errors import BufferError_
 from .metrics import Registry
 from .model import IngestBatch, SeriesKey
-from .wire import KINDS, Columns, decode_segment, encode_segment
+from .wire import KINDS, concat_columns, decode_segment, encode_segment
 
 log = logging.getLogger("fleet_edge.buffer")
 T = TypeVar("T")
@@ -219,12 +218,7 @@ class BufferService:
         parts = [decode_segment(b) for b in store.read_segments(seqs)]
         if len(parts) != len(seqs):
             return 0
-        cols = Columns(kind=kind, series=np.concatenate([p.series for p in parts]),
-                       ts=np.concatenate([p.ts for p in parts]))
-        if kind == "metrics":
-            cols.values = np.concatenate([p.values for p in parts if p.values is not None])
-        if kind == "logs":
-            cols.lines = [ln for p in parts for ln in (p.lines or [])]
+        cols = concat_columns(kind, parts)
         # Backlog segments are written once and may wait long: spend CPU for density.
         seg = encode_segment(cols, level=9)
         return store.replace_segments(seqs, kind, cols, seg)

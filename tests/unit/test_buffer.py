@@ -9,7 +9,7 @@ import pytest
 
 from edge_node.buffer import Store
 from edge_node.model import IngestBatch, SeriesKey
-from edge_node.wire import decode_segment, encode_segment
+from edge_node.wire import concat_columns, decode_segment, encode_segment
 
 NOW = 1_795_839_600_000
 
@@ -151,14 +151,8 @@ def test_merge_backlog(store: Store) -> None:
     cands = store.merge_candidates("metrics", older_than_ms=2**62, max_rows=350)
     assert [n for _, n in cands] == [100, 100, 100]
     seqs = [s for s, _ in cands]
-    import numpy as np
-
-    from edge_node.wire import Columns
-
     parts = [decode_segment(b) for b in store.read_segments(seqs)]
-    cols = Columns("metrics", np.concatenate([p.series for p in parts]),
-                   np.concatenate([p.ts for p in parts]),
-                   np.concatenate([p.values for p in parts]))  # type: ignore[misc]
+    cols = concat_columns("metrics", parts)
     new = store.replace_segments(seqs, "metrics", cols, encode_segment(cols))
     assert new > max(seqs)
     assert store.stats().pending["metrics"] == 500
@@ -178,13 +172,7 @@ def test_a_claimed_segment_is_never_merged(store: Store) -> None:
     assert claimed is not None
     seqs = [s for s, _ in cands]
     parts = [decode_segment(b) for b in store.read_segments(seqs)]
-    import numpy as np
-
-    from edge_node.wire import Columns
-
-    cols = Columns("metrics", np.concatenate([p.series for p in parts]),
-                   np.concatenate([p.ts for p in parts]),
-                   np.concatenate([p.values for p in parts]))  # type: ignore[misc]
+    cols = concat_columns("metrics", parts)
     # ...so the merge computed from the stale candidate list must not happen
     assert store.replace_segments(seqs, "metrics", cols, encode_segment(cols)) == 0
     assert store.stats().pending["metrics"] == 300
