@@ -15,8 +15,8 @@ from edge_node.errors import WireError
 from edge_node.metrics import CONTENT_TYPE, Registry
 from edge_node.wire import decode_batch, decode_segment
 
-from .errors import MissingSeries, SinkUnavailable
-from .sinks.base import Store
+from .errors import MissingSeries, SinkRejected, SinkUnavailable
+from .pipeline import Pipeline
 
 log = logging.getLogger("fleet_central.app")
 
@@ -28,11 +28,12 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
                     headers=headers or {})
 
 
-def create_app(store: Store, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> QuartTrio:
+def create_app(pipeline: Pipeline, reg: Registry, *,
+               max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> QuartTrio:
+    store = pipeline.state
     app = QuartTrio("fleet_central")
     app.config["MAX_CONTENT_LENGTH"] = max_batch_bytes
     app.config["BODY_TIMEOUT"] = 120
-    reg = Registry("fleet_central")
     m_batches = reg.counter("batches_total", "Batches received, by outcome.", ("outcome",))
     m_rows = reg.counter("rows_applied_total", "Rows applied to the store.", ("kind",))
     m_bytes = reg.counter("received_bytes_total", "Batch bytes received.")
@@ -75,7 +76,7 @@ def create_app(store: Store, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) 
             log.warning("node %s sent a malformed batch: %s", node.node_id, exc)
             return _json(400, {"error": str(exc)})
         try:
-            applied = await store.apply(node, batch, cols)
+            applied = await pipeline.apply(node, batch, cols)
         except MissingSeries as exc:
             m_batches.inc(1, "missing_series")
             return _json(409, {"error": str(exc), "missing_series": exc.missing[:100_000]})
@@ -83,6 +84,11 @@ def create_app(store: Store, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) 
             m_batches.inc(1, "unavailable")
             log.warning("store unavailable: %s", exc)
             return _json(503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)})
+        except SinkRejected as exc:
+            m_batches.inc(1, "rejected")
+            log.error("batch %s/%s of node %s refused: %s", batch.epoch, batch.seq,
+                      node.node_id, exc)
+            return _json(422, {"error": str(exc), "sink": exc.sink})
         if applied:
             m_batches.inc(1, "applied")
             m_rows.inc(len(cols), batch.kind)
@@ -101,9 +107,10 @@ def create_app(store: Store, *, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) 
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        ok = await store.ready()
+        backends = await pipeline.ready()
+        ok = all(backends.values())
         return _json(200 if ok else 503, {"status": "ready" if ok else "unavailable",
-                                          "store": store.name})
+                                          "backends": backends})
 
     @app.get("/metrics")
     async def metrics() -> Response:

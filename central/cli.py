@@ -1,4 +1,9 @@
-"""``fleet-central``: run the service and manage edge node keys."""
+"""``fleet-central``: run the service, migrate backend schemas, manage edge node keys.
+
+Backends come from the environment (``DATABASE_URL``, ``VICTORIA_METRICS_URL``, ``LOKI_URL``,
+``CLICKHOUSE_URL``, ``VALKEY_ADDR``, ...; see :mod:`central.config`); with none set everything
+lives in the embedded SQLite store under ``--data-dir``.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,18 @@ import time
 from functools import partial
 
 import trio
+import trio_asyncio
 
 from edge_node import __version__
 from edge_node.cli import startup_error, stop_on_signal
 
-from .errors import RegistryError
+from .backends import build_pipeline, clickhouse, state_store
+from .config import BACKEND_VARS, Settings
+from .errors import CentralError, RegistryError, SchemaOutdated, SettingsError, SinkUnavailable
 from .server import run_central
-from .sinks.sqlite import SQLiteStore
+from .sinks.postgres import PostgresStore
 
 DEFAULT_DATA_DIR = "./fleet-central-data"
-
-
-def _store(args: argparse.Namespace) -> SQLiteStore:
-    if os.environ.get("DATABASE_URL"):
-        sys.exit("fleet-central: DATABASE_URL is set, but this build stores nodes and data in "
-                 "the embedded SQLite store only (the PostgreSQL store is tracked in issue #3); "
-                 "unset DATABASE_URL to use --data-dir")
-    return SQLiteStore(args.data_dir)
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,10 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleet-central",
-        description="Central fleetd service: receives batches from edge nodes and stores them.")
+        description="Central fleetd service: receives batches from edge nodes and writes them "
+                    "to the configured backends.",
+        epilog="Backends (environment): " + ", ".join(BACKEND_VARS) + ". With none set, "
+               "everything is kept in the embedded SQLite store under --data-dir.")
     p.add_argument("--version", action="version", version=f"fleet-central {__version__}")
     p.add_argument("--log-level", default=os.environ.get("FLEET_CENTRAL_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
@@ -50,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="host:port to listen on (env FLEET_CENTRAL_LISTEN; "
                           "default 127.0.0.1:9400)")
     _add_data_dir(run)
+    sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema and the ClickHouse "
+                                   "tables (DATABASE_URL, CLICKHOUSE_URL)")
     nodes = sub.add_parser("nodes", help="manage edge node registrations and keys")
     nsub = nodes.add_subparsers(dest="nodes_cmd", required=True, metavar="ACTION")
     add = nsub.add_parser("add", help="register a node; prints its API key on the last line")
     add.add_argument("node_id")
     add.add_argument("--org", default="default", help="organisation (default: default)")
+    add.add_argument("--site", default="", help="the node's site: the 'site' label of its "
+                                                "devices' data unless they carry their own")
     _add_data_dir(add)
     ls = nsub.add_parser("list", help="list registered nodes")
     ls.add_argument("--json", action="store_true")
@@ -68,56 +75,111 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    store = _store(args)
+async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    pipeline = build_pipeline(settings, args.data_dir)
+    logging.getLogger("fleet_central").info("routing: %s", settings.describe())
     async with trio.open_nursery() as nursery:
-        handle = await nursery.start(partial(run_central, store, args.listen))
+        handle = await nursery.start(partial(run_central, pipeline, args.listen))
         await stop_on_signal(handle.stop, "fleet_central")
+
+
+async def _migrate(settings: Settings) -> None:
+    if not settings.database_url and not settings.clickhouse_url:
+        print("nothing to migrate: neither DATABASE_URL nor CLICKHOUSE_URL is set (the "
+              "embedded SQLite store creates its schema itself)")
+        return
+    if settings.database_url:
+        pg = PostgresStore(settings.database_url, chunk_seconds=settings.chunk_seconds,
+                           retention_days=settings.status_retention_days)
+        print("==> PostgreSQL: applying migrations", flush=True)
+        async with trio_asyncio.open_loop():
+            done = await pg.migrate()
+        print(f"    applied: {', '.join(done)}" if done else "    schema is up to date")
+    ch = clickhouse(settings)
+    if ch is not None:
+        print(f"==> ClickHouse: applying migrations to database {ch.db!r}", flush=True)
+        try:
+            done = await ch.migrate()
+            print(f"    applied: {', '.join(done)} (server {'.'.join(map(str, ch.version))})"
+                  if done else "    schema is up to date")
+        finally:
+            await ch.close()
+
+
+async def _nodes(args: argparse.Namespace, settings: Settings) -> None:
+    store = state_store(settings, args.data_dir)
+    if isinstance(store, PostgresStore):
+        async with trio_asyncio.open_loop():
+            await _nodes_cmd(args, store)
+    else:
+        await _nodes_cmd(args, store)
+
+
+async def _nodes_cmd(args: argparse.Namespace, store: object) -> None:
+    where = getattr(store, "path", None) or "PostgreSQL"
+
+    async def call(method: str, *a: object) -> object:
+        got = getattr(store, method)(*a)
+        return await got if hasattr(got, "__await__") else got
+
+    if args.nodes_cmd == "add":
+        key = await call("add_node", args.node_id, args.org, args.site)
+        print(f"registered node {args.node_id!r} in organisation {args.org!r} "
+              f"({where}); its API key (shown once, only its hash is stored):")
+        print(key)
+    elif args.nodes_cmd == "rotate":
+        key = await call("rotate_key", args.node_id)
+        print(f"new API key for node {args.node_id!r} (the old one no longer works):")
+        print(key)
+    elif args.nodes_cmd == "revoke":
+        await call("revoke_node", args.node_id)
+        print(f"revoked node {args.node_id!r}")
+    elif args.nodes_cmd == "list":
+        rows = await call("list_nodes")
+        assert isinstance(rows, list)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{'NODE':<24} {'ORG':<16} {'SITE':<16} {'STATE':<8} LAST SEEN")
+            for r in rows:
+                seen = r["last_seen_ms"]
+                when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(seen) / 1000))
+                        if isinstance(seen, int) else "never")
+                state = "revoked" if r["revoked_ms"] else "active"
+                print(f"{r['node_id']!s:<24} {r['org']!s:<16} {r['site']!s:<16} {state:<8} "
+                      f"{when}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"fleet-central: {exc}", file=sys.stderr)
+        return 2
     if args.cmd == "run":
         try:
-            trio.run(_serve, args)
+            trio.run(_serve, args, settings)
         except (Exception, BaseExceptionGroup) as exc:
-            # e.g. the listen address is in use, the data dir not writable
-            leaf = startup_error(exc, (OSError,))
+            # e.g. the listen address is in use, the data dir not writable, an old schema
+            leaf = startup_error(exc, (OSError, CentralError))
             if leaf is None:
                 raise
             print(f"fleet-central: cannot start: {leaf}", file=sys.stderr)
             return 1
         return 0
-    store = _store(args)
     try:
-        if args.nodes_cmd == "add":
-            key = store.add_node(args.node_id, args.org)
-            print(f"registered node {args.node_id!r} in organisation {args.org!r} "
-                  f"({store.path}); its API key (shown once, only its hash is stored):")
-            print(key)
-        elif args.nodes_cmd == "rotate":
-            key = store.rotate_key(args.node_id)
-            print(f"new API key for node {args.node_id!r} (the old one no longer works):")
-            print(key)
-        elif args.nodes_cmd == "revoke":
-            store.revoke_node(args.node_id)
-            print(f"revoked node {args.node_id!r}")
-        elif args.nodes_cmd == "list":
-            rows = store.list_nodes()
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                print(f"{'NODE':<24} {'ORG':<16} {'STATE':<8} LAST SEEN")
-                for r in rows:
-                    seen = r["last_seen_ms"]
-                    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(seen) / 1000))
-                            if isinstance(seen, int) else "never")
-                    state = "revoked" if r["revoked_ms"] else "active"
-                    print(f"{r['node_id']!s:<24} {r['org']!s:<16} {state:<8} {when}")
-    except RegistryError as exc:
-        print(f"fleet-central: {exc}", file=sys.stderr)
+        if args.cmd == "migrate":
+            trio.run(_migrate, settings)
+        else:
+            trio.run(_nodes, args, settings)
+    except (Exception, BaseExceptionGroup) as exc:
+        leaf = startup_error(exc, (RegistryError, SchemaOutdated, SinkUnavailable, OSError))
+        if leaf is None:
+            raise
+        print(f"fleet-central: {leaf}", file=sys.stderr)
         return 1
     return 0
 

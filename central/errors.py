@@ -6,6 +6,9 @@ The tree::
     ├── AuthError          401/403: unknown, revoked or mismatched node key
     ├── MissingSeries      409: the batch references series central has no definition for
     ├── SinkUnavailable    503: a backend is down or slow; the edge keeps the batch and retries
+    ├── SinkRejected       422: a backend refused the data for good (4xx); the edge dead-letters
+    ├── SchemaOutdated     the PostgreSQL/ClickHouse schema needs ``fleet-central migrate``
+    ├── SettingsError      a bad environment variable (named in the message)
     └── RegistryError      a node cannot be added/revoked (exists, unknown)
 
 Malformed batches raise :class:`edge_node.errors.WireError` (answered 400).
@@ -38,4 +41,18 @@ class SinkUnavailable(CentralError):
 
 
 class RegistryError(CentralError):
+    pass
+
+
+class SinkRejected(CentralError):
+    def __init__(self, sink: str, message: str) -> None:
+        self.sink = sink
+        super().__init__(f"{sink} refused the batch: {message}")
+
+
+class SchemaOutdated(CentralError):
+    pass
+
+
+class SettingsError(CentralError):
     pass

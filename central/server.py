@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
+import trio_asyncio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from .app import create_app
-from .sinks.base import Store
+from .pipeline import Pipeline
 
 log = logging.getLogger("fleet_central.server")
 
@@ -18,20 +22,35 @@ log = logging.getLogger("fleet_central.server")
 @dataclass
 class CentralHandle:
     url: str
-    store: Store
+    pipeline: Pipeline
     stop_event: trio.Event = field(default_factory=trio.Event)
 
     def stop(self) -> None:
         self.stop_event.set()
 
 
-async def run_central(store: Store, listen: str, *, graceful_s: float = 10.0,
+@asynccontextmanager
+async def _asyncio_if(needed: bool) -> AsyncIterator[None]:
+    if needed:
+        async with trio_asyncio.open_loop():
+            yield
+    else:
+        yield
+
+
+async def run_central(pipeline: Pipeline, listen: str, *, graceful_s: float = 10.0,
                       task_status: trio.TaskStatus[CentralHandle] = trio.TASK_STATUS_IGNORED
                       ) -> None:
     """Serve until ``handle.stop()``; ``task_status.started`` gets the handle."""
-    await store.open()
+    async with _asyncio_if(pipeline.needs_asyncio):
+        await _serve(pipeline, listen, graceful_s, task_status)
+
+
+async def _serve(pipeline: Pipeline, listen: str, graceful_s: float,
+                 task_status: trio.TaskStatus[CentralHandle]) -> None:
+    await pipeline.open()
     try:
-        app = create_app(store)
+        app = create_app(pipeline, pipeline.registry)
         hc = HyperConfig()
         hc.bind = [listen]
         hc.graceful_timeout = graceful_s
@@ -43,11 +62,28 @@ async def run_central(store: Store, listen: str, *, graceful_s: float = 10.0,
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(lambda task_status: serve(
                 app, hc, shutdown_trigger=stop.wait, task_status=task_status))
-            handle = CentralHandle(url=binds[0], store=store)
-            log.info("central listening on %s (store: %s)", binds[0], store.name)
+            maintenance = trio.CancelScope()
+            nursery.start_soon(_maintain, pipeline, maintenance)
+            handle = CentralHandle(url=binds[0], pipeline=pipeline)
+            log.info("central listening on %s (state: %s, sinks: %s)", binds[0],
+                     pipeline.state.name, ", ".join(s.name for s in pipeline.sinks) or "none")
             task_status.started(handle)
             await handle.stop_event.wait()
+            maintenance.cancel()
             stop.set()
     finally:
-        with trio.CancelScope(shield=True):
-            await store.close()
+        await pipeline.close()
+
+
+MAINTAIN_EVERY_S = 3600.0
+
+
+async def _maintain(pipeline: Pipeline, scope: trio.CancelScope) -> None:
+    """Retention (partition drops) at start and then hourly, until ``scope`` is cancelled."""
+    with scope:
+        while True:
+            try:
+                await pipeline.maintain(time.time())
+            except Exception:
+                log.exception("retention maintenance failed; retrying in an hour")
+            await trio.sleep(MAINTAIN_EVERY_S)

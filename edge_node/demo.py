@@ -19,6 +19,7 @@ from typing import TextIO
 import httpx
 import trio
 
+from central.pipeline import Pipeline
 from central.server import run_central
 from central.sinks.sqlite import SQLiteStore
 
@@ -72,7 +73,7 @@ async def run_demo(devices: int, duration_s: float, *, data_dir: str | None = No
         key = store.add_node(f"demo-edge-{int(time.time())}", "demo")
         node_id = store.list_nodes()[-1]["node_id"]
         async with trio.open_nursery() as nursery:
-            central = await nursery.start(partial(run_central, store, "127.0.0.1:0"))
+            central = await nursery.start(partial(run_central, Pipeline(store), "127.0.0.1:0"))
             cfg = EdgeConfig.from_mapping({
                 "node_id": str(node_id), "listen": "127.0.0.1:0",
                 "data_dir": str(base / "edge"),

@@ -1,7 +1,7 @@
 """A small Prometheus text-format registry (sans-IO), shared by edge and central.
 
-Counters and gauges with fixed label names; ``render()`` produces exposition format 0.0.4.
-Gauges may be callbacks, read at render time.
+Counters, gauges and histograms with fixed label names; ``render()`` produces exposition format
+0.0.4. Gauges may be callbacks, read at render time.
 """
 
 from __future__ import annotations
@@ -52,10 +52,46 @@ class Metric:
         return self.values
 
 
+# Latency buckets (seconds) for backend writes: from a local Valkey to a slow remote ClickHouse.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    name: str
+    help: str
+    labelnames: tuple[str, ...]
+    buckets: tuple[float, ...]
+    # labels -> (bucket counts, sum, count)
+    series: dict[tuple[str, ...], tuple[list[int], float, int]] = field(default_factory=dict)
+
+    def observe(self, value: float, *labels: str) -> None:
+        if len(labels) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}")
+        counts, total, n = self.series.get(labels) or ([0] * len(self.buckets), 0.0, 0)
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                counts[i] += 1
+        self.series[labels] = (counts, total + value, n + 1)
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for labels, (counts, total, n) in sorted(self.series.items()):
+            base = [f'{k}="{_esc(x)}"' for k, x in zip(self.labelnames, labels, strict=True)]
+            for bound, c in [*zip(self.buckets, counts, strict=True), (math.inf, n)]:
+                inner = ",".join([*base, f'le="{_fmt(bound)}"'])
+                out.append(f"{self.name}_bucket{{{inner}}} {c}")
+            tail = "{" + ",".join(base) + "}" if base else ""
+            out.append(f"{self.name}_sum{tail} {_fmt(total)}")
+            out.append(f"{self.name}_count{tail} {n}")
+        return out
+
+
 class Registry:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.metrics: dict[str, Metric] = {}
+        self.histograms: dict[str, Histogram] = {}
 
     def _add(self, name: str, help: str, kind: str, labelnames: tuple[str, ...],
              callback: Callable[[], dict[tuple[str, ...], float] | float] | None) -> Metric:
@@ -72,6 +108,12 @@ class Registry:
               ) -> Metric:
         return self._add(name, help, "gauge", labelnames, callback)
 
+    def histogram(self, name: str, help: str, labelnames: tuple[str, ...] = (),
+                  buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+        h = Histogram(f"{self.prefix}_{name}", help, labelnames, buckets)
+        self.histograms[h.name] = h
+        return h
+
     def render(self) -> str:
         out: list[str] = []
         for m in self.metrics.values():
@@ -87,4 +129,6 @@ class Registry:
                     out.append(f"{m.name}{{{inner}}} {_fmt(v)}")
                 else:
                     out.append(f"{m.name} {_fmt(v)}")
+        for h in self.histograms.values():
+            out.extend(h.render())
         return "\n".join(out) + "\n"

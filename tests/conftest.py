@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from central.pipeline import Pipeline
 from central.server import CentralHandle, run_central
 from central.sinks.sqlite import SQLiteStore
 from edge_node.config import EdgeConfig
@@ -36,7 +37,8 @@ async def central(tmp_path: Path) -> AsyncIterator[Central]:
     store = SQLiteStore(tmp_path / "central")
     key = store.add_node("edge-1", "org-a")
     async with trio.open_nursery() as nursery:
-        handle = await nursery.start(partial(run_central, store, "127.0.0.1:0", graceful_s=1))
+        handle = await nursery.start(partial(run_central, Pipeline(store), "127.0.0.1:0",
+                                             graceful_s=1))
         yield Central(handle, store, "edge-1", key)
         handle.stop()
 

@@ -1,13 +1,25 @@
-"""What every central store/sink provides (a small ``Protocol``) and the shared result types."""
+"""What central's stores and sinks provide (two small ``Protocol``s) and the shared types.
+
+A **state store** (embedded SQLite, or PostgreSQL) holds the node registry, each node's series
+dictionary, the dedup marks, the device registry and heartbeat history, and keeps the data of any
+kind that has no external sink. A **sink** (VictoriaMetrics, Loki, ClickHouse, Valkey) receives
+one kind of routed data; every sink write is idempotent on its own, so a batch written again after
+a crash changes nothing there.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
-from edge_node.wire import Batch, Columns
+from edge_node.wire import Batch
+
+from ..errors import MissingSeries
+
+if TYPE_CHECKING:
+    from ..router import Job
 
 
 @dataclass(frozen=True)
@@ -16,6 +28,7 @@ class NodeInfo:
     org: str
     created_ms: int
     revoked_ms: int | None = None
+    site: str = ""
 
 
 def new_api_key() -> str:
@@ -28,8 +41,39 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class Store(Protocol):
-    """The state store central needs: node registry, series dictionary, dedup, data."""
+@dataclass
+class Pending:
+    """A batch not applied yet: its full series dictionary and the sinks that already took it."""
+
+    labels: dict[int, dict[str, str]]
+    new_defs: list[tuple[int, dict[str, str]]]
+    done_sinks: set[str] = field(default_factory=set)
+
+
+def pending_from(known: dict[int, dict[str, str]], batch: Batch, sids: list[int],
+                 done_sinks: set[str]) -> Pending:
+    """Resolve ``sids`` against the stored dictionary ``known`` plus the batch's definitions.
+
+    Raises:
+        MissingSeries: some sid is defined nowhere (the edge resends definitions on 409).
+    """
+    new_defs = [(sid, lbl) for sid, lbl in batch.series_defs if sid not in known]
+    defs = dict(new_defs)
+    labels: dict[int, dict[str, str]] = {}
+    missing: list[int] = []
+    for sid in sids:
+        lbl = known.get(sid) or defs.get(sid)
+        if lbl is None:
+            missing.append(sid)
+        else:
+            labels[sid] = lbl
+    if missing:
+        raise MissingSeries(missing)
+    return Pending(labels, new_defs, done_sinks)
+
+
+class StateStore(Protocol):
+    """Registry, series dictionary, dedup marks, devices, heartbeats, and unrouted data."""
 
     name: str
 
@@ -41,11 +85,46 @@ class Store(Protocol):
 
     async def authenticate(self, key: str) -> NodeInfo | None: ...
 
-    async def apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
-        """Apply ``batch`` atomically; ``False`` when (node, epoch, seq) was applied before.
+    async def begin(self, node: NodeInfo, batch: Batch, sids: list[int]) -> Pending | None:
+        """``None`` when (node, epoch, seq) was applied before; else what applying needs.
 
         Raises:
-            MissingSeries: ``cols`` references series ids with no known definition.
-            SinkUnavailable: the backend cannot take the write now.
+            MissingSeries: ``sids`` holds ids with no known definition (none in the batch either).
+            SinkUnavailable: the store cannot be reached.
+        """
+        ...
+
+    async def mark_sink(self, node: NodeInfo, batch: Batch, sink: str) -> None:
+        """Remember that ``sink`` took this batch, so a retry skips it."""
+        ...
+
+    async def commit(self, job: Job, pending: Pending, keep_kind: bool, low_watermark: int
+                     ) -> bool:
+        """Store definitions, devices, heartbeats (and the rows when ``keep_kind``) and the
+        applied mark in one transaction; ``False`` if another instance applied it first."""
+        ...
+
+
+class Sink(Protocol):
+    """An external backend for some kinds of data."""
+
+    name: str
+    kinds: frozenset[str]
+    #: True when the sink is where the rows of its kinds live (VictoriaMetrics, Loki); False for
+    #: derived data (ClickHouse rollups, Valkey online state)
+    stores_rows: bool
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    async def write(self, job: Job) -> None:
+        """Write ``job`` idempotently.
+
+        Raises:
+            SinkUnavailable: down, slow, or overloaded (retry later).
+            SinkRejected: the backend refused the data for good.
         """
         ...

@@ -4,8 +4,9 @@ Tables: ``nodes`` (registry, hashed keys), ``series`` (each node's series dictio
 epoch), ``applied`` (dedup: which (node, epoch, seq) were applied), ``samples``, ``logs``,
 ``heartbeats``, ``devices``; views ``samples_v`` / ``logs_v`` resolve series labels.
 
-A batch is applied in one transaction that also records (node, epoch, seq) in ``applied``: a
-retried batch finds its mark and changes nothing, and a crash mid-apply leaves nothing behind.
+A batch is committed in one transaction that also records (node, epoch, seq) in ``applied``: a
+retried batch finds its mark and changes nothing, and a crash mid-commit leaves nothing behind.
+``sink_marks`` remembers which external sinks took a batch not yet committed (partial success).
 """
 
 from __future__ import annotations
@@ -13,20 +14,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import trio
 
-from edge_node.wire import Batch, Columns
+from edge_node.wire import Batch
 
-from ..errors import MissingSeries, RegistryError, SinkUnavailable
-from .base import NodeInfo, hash_key, new_api_key
+from ..errors import RegistryError, SinkUnavailable
+from ..router import Job
+from .base import NodeInfo, Pending, hash_key, new_api_key, pending_from
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, org TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL, revoked_ms INTEGER, last_seen_ms INTEGER);
+    created_ms INTEGER NOT NULL, revoked_ms INTEGER, last_seen_ms INTEGER,
+    site TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS series (
     node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, labels TEXT NOT NULL,
     PRIMARY KEY (node_id, epoch, sid)) WITHOUT ROWID;
@@ -34,6 +41,9 @@ CREATE TABLE IF NOT EXISTS applied (
     node_id TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
     rows INTEGER NOT NULL, applied_ms INTEGER NOT NULL,
     PRIMARY KEY (node_id, epoch, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sink_marks (
+    node_id TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL, sink TEXT NOT NULL,
+    PRIMARY KEY (node_id, epoch, seq, sink)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS samples (
     node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, ts INTEGER NOT NULL,
     value REAL);
@@ -43,7 +53,7 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE TABLE IF NOT EXISTS heartbeats (
     node_id TEXT NOT NULL, device TEXT NOT NULL, ts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (
-    node_id TEXT NOT NULL, device TEXT NOT NULL, org TEXT NOT NULL,
+    node_id TEXT NOT NULL, device TEXT NOT NULL, org TEXT NOT NULL, site TEXT NOT NULL,
     first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (node_id, device)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS totals (kind TEXT PRIMARY KEY, rows INTEGER NOT NULL);
@@ -82,6 +92,10 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
+            for table in ("nodes", "devices"):  # stores made before sites were recorded
+                names = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if "site" not in names:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN site TEXT NOT NULL DEFAULT ''")
             self.conn = conn
         return self.conn
 
@@ -105,13 +119,14 @@ class SQLiteStore:
 
     # -- node registry -------------------------------------------------------------------------
 
-    def add_node(self, node_id: str, org: str) -> str:
+    def add_node(self, node_id: str, org: str, site: str = "") -> str:
         """Register ``node_id`` and return its new API key (only the hash is stored)."""
         key = new_api_key()
         conn = self.open_sync()
         try:
-            conn.execute("INSERT INTO nodes(node_id, org, key_hash, created_ms) "
-                         "VALUES (?, ?, ?, ?)", (node_id, org, hash_key(key), _now_ms()))
+            conn.execute("INSERT INTO nodes(node_id, org, key_hash, created_ms, site) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (node_id, org, hash_key(key), _now_ms(), site))
         except sqlite3.IntegrityError:
             raise RegistryError(f"node {node_id!r} already exists (revoke it first, or "
                                 "use 'nodes rotate')") from None
@@ -134,29 +149,54 @@ class SQLiteStore:
             raise RegistryError(f"node {node_id!r} is not registered or already revoked")
 
     def list_nodes(self) -> list[dict[str, object]]:
-        cols = ("node_id", "org", "created_ms", "revoked_ms", "last_seen_ms")
+        cols = ("node_id", "org", "site", "created_ms", "revoked_ms", "last_seen_ms")
         return [dict(zip(cols, r, strict=True)) for r in self.open_sync().execute(
             f"SELECT {', '.join(cols)} FROM nodes ORDER BY node_id")]
 
     async def authenticate(self, key: str) -> NodeInfo | None:
         def lookup() -> NodeInfo | None:
             row = self.open_sync().execute(
-                "SELECT node_id, org, created_ms, revoked_ms FROM nodes WHERE key_hash=?",
+                "SELECT node_id, org, created_ms, revoked_ms, site FROM nodes WHERE key_hash=?",
                 (hash_key(key),)).fetchone()
             if row is None or row[3] is not None:
                 return None
-            return NodeInfo(node_id=row[0], org=row[1], created_ms=row[2])
+            return NodeInfo(node_id=row[0], org=row[1], created_ms=row[2], site=row[4])
 
         return await trio.to_thread.run_sync(lookup, limiter=self.limiter)
 
-    # -- applying batches ----------------------------------------------------------------------
+    # -- applying batches (the StateStore protocol) --------------------------------------------
 
-    async def apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
         try:
-            return await trio.to_thread.run_sync(self._apply, node, batch, cols,
-                                                 limiter=self.limiter)
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
             raise SinkUnavailable("sqlite", str(exc)) from exc
+
+    async def begin(self, node: NodeInfo, batch: Batch, sids: list[int]) -> Pending | None:
+        return await self._run(self._begin, node, batch, sids)
+
+    def _begin(self, node: NodeInfo, batch: Batch, sids: list[int]) -> Pending | None:
+        conn = self.open_sync()
+        key = (node.node_id, batch.epoch, batch.seq)
+        if conn.execute("SELECT 1 FROM applied WHERE node_id=? AND epoch=? AND seq=?",
+                        key).fetchone():
+            return None
+        return pending_from(self._dictionary(conn, node.node_id, batch.epoch), batch, sids,
+                            {r[0] for r in conn.execute(
+                                "SELECT sink FROM sink_marks WHERE node_id=? AND epoch=? "
+                                "AND seq=?", key)})
+
+    async def mark_sink(self, node: NodeInfo, batch: Batch, sink: str) -> None:
+        def mark() -> None:
+            self.open_sync().execute(
+                "INSERT OR IGNORE INTO sink_marks(node_id, epoch, seq, sink) VALUES (?,?,?,?)",
+                (node.node_id, batch.epoch, batch.seq, sink))
+
+        await self._run(mark)
+
+    async def commit(self, job: Job, pending: Pending, keep_kind: bool, low_watermark: int
+                     ) -> bool:
+        return await self._run(self._commit, job, pending, keep_kind, low_watermark)
 
     def _dictionary(self, conn: sqlite3.Connection, node: str, epoch: str
                     ) -> dict[int, dict[str, str]]:
@@ -168,37 +208,30 @@ class SQLiteStore:
             self._dict_cache[key] = d
         return d
 
-    def _apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
+    def _commit(self, job: Job, pending: Pending, keep_kind: bool, low_watermark: int) -> bool:
         conn = self.open_sync()
-        nid, epoch = node.node_id, batch.epoch
+        nid, epoch = job.node.node_id, job.epoch
         conn.execute("BEGIN IMMEDIATE")
         try:
-            done = conn.execute("SELECT 1 FROM applied WHERE node_id=? AND epoch=? AND seq=?",
-                                (nid, epoch, batch.seq)).fetchone()
-            if done:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO applied(node_id, epoch, seq, kind, rows, applied_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (nid, epoch, job.seq, job.kind, job.rows, _now_ms()))
+            if cur.rowcount == 0:  # another writer applied it meanwhile
                 conn.execute("ROLLBACK")
                 return False
-            known = dict(self._dictionary(conn, nid, epoch))
-            new_defs = [(sid, lbl) for sid, lbl in batch.series_defs if sid not in known]
-            for sid, lbl in new_defs:
-                known[sid] = lbl
-            uniq = np.unique(cols.series).tolist()
-            missing = [s for s in uniq if s not in known]
-            if missing:
-                raise MissingSeries(missing)
-            if new_defs:
+            if pending.new_defs:
                 conn.executemany(
                     "INSERT OR IGNORE INTO series(node_id, epoch, sid, labels) VALUES (?,?,?,?)",
-                    [(nid, epoch, sid, json.dumps(lbl, sort_keys=True)) for sid, lbl in new_defs])
-            self._write_rows(conn, node, epoch, batch.kind, cols, known, uniq)
-            conn.execute("INSERT INTO applied(node_id, epoch, seq, kind, rows, applied_ms) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         (nid, epoch, batch.seq, batch.kind, len(cols), _now_ms()))
+                    [(nid, epoch, sid, json.dumps(lbl, sort_keys=True))
+                     for sid, lbl in pending.new_defs])
+            self._write_rows(conn, job, keep_kind)
             # the edge never resends a seq below its low watermark: forget those marks
             conn.execute("DELETE FROM applied WHERE node_id=? AND epoch=? AND seq<?",
-                         (nid, epoch, batch.low_watermark))
+                         (nid, epoch, low_watermark))
+            conn.execute("DELETE FROM sink_marks WHERE node_id=? AND epoch=? AND "
+                         "(seq=? OR seq<?)", (nid, epoch, job.seq, low_watermark))
             conn.execute("INSERT INTO totals(kind, rows) VALUES (?, ?) ON CONFLICT(kind) "
-                         "DO UPDATE SET rows=rows+excluded.rows", (batch.kind, len(cols)))
+                         "DO UPDATE SET rows=rows+excluded.rows", (job.kind, job.rows))
             conn.execute("UPDATE nodes SET last_seen_ms=? WHERE node_id=?", (_now_ms(), nid))
             conn.execute("COMMIT")
         except BaseException:
@@ -206,53 +239,42 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
             raise
         cache = self._dict_cache.setdefault((nid, epoch), {})
-        for sid, lbl in new_defs:
+        for sid, lbl in pending.new_defs:
             cache[sid] = lbl
         return True
 
     @staticmethod
-    def _write_rows(conn: sqlite3.Connection, node: NodeInfo, epoch: str, kind: str,
-                    cols: Columns, known: dict[int, dict[str, str]], uniq: list[int]) -> None:
-        nid = node.node_id
-        sids = cols.series.tolist()
-        tss = cols.ts.tolist()
-        if kind == "metrics" and cols.values is not None:
+    def _write_rows(conn: sqlite3.Connection, job: Job, keep_kind: bool) -> None:
+        nid = job.node.node_id
+        counts = np.asarray(job.ends, dtype=np.int64) - np.asarray(job.starts, dtype=np.int64)
+        sids = np.repeat(np.asarray(job.sids, dtype=np.int64), counts).tolist()
+        tss = job.ts.tolist()
+        n = len(sids)
+        if job.kind == "metrics" and keep_kind and job.values is not None:
             conn.executemany(
                 "INSERT INTO samples(node_id, epoch, sid, ts, value) VALUES (?, ?, ?, ?, ?)",
-                zip([nid] * len(sids), [epoch] * len(sids), sids, tss, cols.values.tolist(),
-                    strict=True))
-        elif kind == "logs" and cols.lines is not None:
+                zip([nid] * n, [job.epoch] * n, sids, tss, job.values.tolist(), strict=True))
+        elif job.kind == "logs" and keep_kind and job.lines is not None:
             conn.executemany(
                 "INSERT INTO logs(node_id, epoch, sid, ts, line) VALUES (?, ?, ?, ?, ?)",
-                zip([nid] * len(sids), [epoch] * len(sids), sids, tss,
-                    [ln.decode("utf-8", "replace") for ln in cols.lines], strict=True))
-        elif kind == "heartbeats":
+                zip([nid] * n, [job.epoch] * n, sids, tss,
+                    [ln.decode("utf-8", "replace") for ln in job.lines], strict=True))
+        elif job.kind == "heartbeats":
             conn.executemany(
                 "INSERT INTO heartbeats(node_id, device, ts) VALUES (?, ?, ?)",
-                [(nid, known[s].get("device", ""), t) for s, t in zip(sids, tss, strict=True)])
+                [(nid, job.labels[s].get("device", ""), t) for s, t in zip(sids, tss,
+                                                                            strict=True)])
         # device registry: first/last seen from any row carrying a device label
-        last: dict[str, int] = {}
-        first: dict[str, int] = {}
-        order = np.argsort(cols.series, kind="stable")
-        s_sorted = cols.series[order]
-        t_sorted = cols.ts[order]
-        bounds = np.searchsorted(s_sorted, np.asarray(uniq, dtype=np.int64))
-        ends = np.append(bounds[1:], s_sorted.shape[0])
-        for sid, b, e in zip(uniq, bounds.tolist(), ends.tolist(), strict=True):
-            dev = known[sid].get("device")
-            if dev is None or b == e:
-                continue
-            seg = t_sorted[b:e]
-            lo, hi = int(seg.min()), int(seg.max())
-            first[dev] = min(first.get(dev, lo), lo)
-            last[dev] = max(last.get(dev, hi), hi)
-        if last:
+        sites = {job.labels[s].get("device"): job.labels[s].get("site", "") for s in job.sids}
+        devices = job.devices()
+        if devices:
             conn.executemany(
-                "INSERT INTO devices(node_id, device, org, first_seen_ms, last_seen_ms) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(node_id, device) DO UPDATE SET "
+                "INSERT INTO devices(node_id, device, org, site, first_seen_ms, last_seen_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(node_id, device) DO UPDATE SET "
                 "first_seen_ms=min(first_seen_ms, excluded.first_seen_ms), "
-                "last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
-                [(nid, d, node.org, first[d], last[d]) for d in last])
+                "last_seen_ms=max(last_seen_ms, excluded.last_seen_ms), site=excluded.site",
+                [(nid, d, job.node.org, sites.get(d, ""), lo, hi)
+                 for d, (lo, hi) in devices.items()])
 
     # -- reading (tests, demo, status) ---------------------------------------------------------
 

@@ -1,0 +1,176 @@
+"""Applying one batch: external sinks first, then the state store's commit with the dedup mark.
+
+The order is what makes a retry safe::
+
+    fast dedup (Valkey; a hit is trusted, a miss proves nothing)
+    -> state store: applied before?  -> yes: duplicate, nothing written
+    -> every sink this batch routes to that has not taken it yet, concurrently;
+       each success is remembered (per-sink mark), so a retry after a partial failure
+       writes only to the sinks that failed
+    -> state store commit: definitions, devices, heartbeats, unrouted rows, applied mark
+       (one transaction; if another instance won the race it rolls back: duplicate)
+    -> Valkey fast-path mark (best effort)
+
+Any sink failing means the batch is not acknowledged (503, or 422 when a backend refused the data
+for good), and nothing is marked applied. Each sink's write is idempotent on its own too
+(VictoriaMetrics dedup, ClickHouse ReplacingMergeTree on the batch identity, identical Loki
+entries collapse, max-merges in Valkey), which covers a crash between a sink's write and its mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import trio
+
+from edge_node.metrics import Registry
+from edge_node.wire import Batch, Columns
+
+from .errors import SinkRejected, SinkUnavailable
+from .router import make_job
+from .sinks.base import NodeInfo, Sink, StateStore
+
+log = logging.getLogger("fleet_central.pipeline")
+
+
+class FastDedup(Protocol):
+    """What the Valkey sink offers besides writing: a cache of applied batch identities."""
+
+    async def is_applied(self, node: NodeInfo, batch: Batch) -> bool: ...
+
+    async def mark_applied(self, node: NodeInfo, batch: Batch) -> None: ...
+
+
+class Pipeline:
+    """Routes batches to ``sinks`` and commits them to ``state``."""
+
+    def __init__(self, state: StateStore, sinks: Sequence[Sink] = (), *,
+                 registry: Registry | None = None, fast: FastDedup | None = None) -> None:
+        self.state = state
+        self.sinks = list(sinks)
+        self.fast = fast
+        self.registry = registry = registry or Registry("fleet_central")
+        # asyncpg and redis-py run on an asyncio loop inside Trio (trio-asyncio)
+        self.needs_asyncio = any(getattr(c, "uses_asyncio", False)
+                                 for c in (state, *self.sinks))
+        # kinds whose rows an external sink stores; the state store keeps the others
+        self.external_kinds = frozenset(k for s in self.sinks if s.stores_rows for k in s.kinds)
+        self.m_latency = registry.histogram(
+            "sink_write_seconds", "Time to write one batch to a backend.", ("sink",))
+        self.m_failures = registry.counter(
+            "sink_failures_total", "Failed backend writes, by sink and reason.",
+            ("sink", "reason"))
+        self.m_rows = registry.counter(
+            "sink_rows_total", "Rows written to each backend.", ("sink", "kind"))
+        self.m_expired = registry.counter(
+            "expired_rows_total", "Rows older than a backend's retention, not sent to it.",
+            ("sink",))
+        self.m_skipped = registry.counter(
+            "sink_skipped_total", "Sink writes skipped on a retry because the sink already "
+            "took the batch.", ("sink",))
+        self.m_fast = registry.counter(
+            "fast_dedup_hits_total", "Retried batches recognised by the Valkey fast path.")
+        self.m_commit = registry.histogram(
+            "state_commit_seconds", "Time to commit a batch to the state store.")
+
+    async def open(self) -> None:
+        await self.state.open()
+        try:
+            for s in self.sinks:
+                await s.open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        with trio.CancelScope(shield=True):
+            for s in reversed(self.sinks):
+                try:
+                    await s.close()
+                except Exception:
+                    log.exception("closing sink %s", s.name)
+            await self.state.close()
+
+    async def maintain(self, now_s: float) -> None:
+        """Retention work of every backend that does its own (partition drops)."""
+        components: list[StateStore | Sink] = [self.state, *self.sinks]
+        for c in components:
+            expire = getattr(c, "expire", None)
+            if expire is None:
+                continue
+            try:
+                dropped = await expire(now_s)
+            except (SinkUnavailable, SinkRejected) as exc:
+                log.warning("retention on %s skipped: %s", c.name, exc)
+                continue
+            if dropped:
+                log.info("%s: dropped %d expired partitions: %s", c.name, len(dropped),
+                         ", ".join(dropped))
+
+    async def ready(self) -> dict[str, bool]:
+        out = {self.state.name: await self.state.ready()}
+        for s in self.sinks:
+            out[s.name] = await s.ready()
+        return out
+
+    async def apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
+        """Apply ``batch``; ``False`` when it was applied before (a retry).
+
+        Raises:
+            MissingSeries: 409, the edge resends the definitions.
+            SinkUnavailable: 503 with Retry-After.
+            SinkRejected: 422, the edge dead-letters the batch.
+        """
+        if self.fast is not None:
+            try:
+                if await self.fast.is_applied(node, batch):
+                    self.m_fast.inc()
+                    return False
+            except SinkUnavailable:
+                pass  # the authoritative check below still runs; the write will report it
+        sids = np.unique(cols.series).tolist()
+        pending = await self.state.begin(node, batch, sids)
+        if pending is None:
+            return False
+        job = make_job(node, batch, cols, pending.labels, time.time_ns() // 1_000_000)
+        todo = [s for s in self.sinks if batch.kind in s.kinds]
+        errors: list[SinkUnavailable | SinkRejected] = []
+
+        async def run(sink: Sink) -> None:
+            if sink.name in pending.done_sinks:
+                self.m_skipped.inc(1, sink.name)
+                return
+            t0 = time.perf_counter()
+            try:
+                await sink.write(job)
+                await self.state.mark_sink(node, batch, sink.name)
+            except (SinkUnavailable, SinkRejected) as exc:
+                self.m_failures.inc(1, sink.name, type(exc).__name__)
+                errors.append(exc)
+                return
+            self.m_latency.observe(time.perf_counter() - t0, sink.name)
+            self.m_rows.inc(job.rows, sink.name, batch.kind)
+
+        async with trio.open_nursery() as nursery:
+            for sink in todo:
+                nursery.start_soon(run, sink)
+        for name, n in job.expired.items():
+            self.m_expired.inc(n, name)
+        if errors:
+            rejected = [e for e in errors if isinstance(e, SinkRejected)]
+            raise rejected[0] if rejected else errors[0]
+        t0 = time.perf_counter()
+        applied = await self.state.commit(job, pending, batch.kind not in self.external_kinds,
+                                          batch.low_watermark)
+        self.m_commit.observe(time.perf_counter() - t0)
+        if applied and self.fast is not None:
+            try:
+                await self.fast.mark_applied(node, batch)
+            except SinkUnavailable as exc:
+                log.warning("could not record batch %s/%s in the fast dedup cache: %s",
+                            node.node_id, batch.seq, exc)
+        return applied

@@ -1,0 +1,182 @@
+"""Reporting rollups to ClickHouse over its HTTP interface.
+
+Every metrics batch becomes one-minute partial aggregates per series (``central.rollup``),
+inserted as ``JSONEachRow`` into ``metric_rollups_1m``; the view ``metric_rollups_1m_v`` merges
+the partials into exact per-minute figures.
+
+Versions: the DDL uses only what ClickHouse 18.16 has (MergeTree family, custom partitioning).
+Newer features are switched on by the detected ``version()``: ``TTL`` (>= 19.6) for retention
+(older servers: central drops expired day partitions itself) and insert-deduplication tokens
+(>= 22.2) on top of the ReplacingMergeTree that collapses a re-inserted batch on any version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+import numpy as np
+
+from ..errors import SchemaOutdated
+from ..migrations import load
+from ..rollup import minute_rollups
+from ..router import Job
+from .http import is_up, new_client, request
+
+log = logging.getLogger("fleet_central.clickhouse")
+
+TABLE = "metric_rollups_1m"
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    return load("clickhouse")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.strip().split(".")[:3] if p.isdigit())
+
+
+def render(template: str, db: str, version: tuple[int, ...], retention_days: int) -> list[str]:
+    """The statements of one migration for this server version."""
+    ttl = (f"TTL window_start + INTERVAL {retention_days} DAY"
+           if retention_days and version >= (19, 6) else "")
+    settings = ("SETTINGS non_replicated_deduplication_window = 10000"
+                if version >= (22, 2) else "")
+    sql = template.replace("{db}", db).replace("{ttl}", ttl).replace("{settings}", settings)
+    body = "\n".join(ln for ln in sql.splitlines() if not ln.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";\n") if s.strip().rstrip(";")]
+
+
+def series_hash(labels: dict[str, str]) -> int:
+    """A stable 64-bit id of a label set (ClickHouse sort key)."""
+    canon = json.dumps(labels, sort_keys=True, separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.blake2b(canon, digest_size=8).digest(), "little")
+
+
+def rollup_rows(job: Job, cutoff_ms: int) -> list[bytes]:
+    """``JSONEachRow`` lines of this batch's one-minute rollups."""
+    r = minute_rollups(job, cutoff_ms)
+    if not len(r):
+        return []
+    stamps = np.datetime_as_string(r.window_ms.astype("datetime64[ms]"), unit="s")
+    per_sid: dict[int, tuple[str, str, str, str, int, str]] = {}
+    for sid in job.sids:
+        lbl = job.labels[sid]
+        per_sid[sid] = (lbl.get("site", ""), lbl.get("device", ""), lbl.get("__name__", ""),
+                        json.dumps(lbl, sort_keys=True), series_hash(lbl), lbl["org"])
+    batch = job.token
+    out = []
+    for sid, stamp, cnt, sm, mn, mx, last, last_ts in zip(
+            r.sids.tolist(), stamps.tolist(), r.count.tolist(), r.sum.tolist(), r.min.tolist(),
+            r.max.tolist(), r.last.tolist(), r.last_ts.tolist(), strict=True):
+        site, device, metric, labels, h, org = per_sid[sid]
+        out.append(json.dumps({
+            "org": org, "node": job.node.node_id, "site": site, "device": device,
+            "metric": metric, "series_hash": h, "labels": labels,
+            "window_start": stamp.replace("T", " "), "batch": batch, "count_part": cnt,
+            "sum_part": sm, "min_part": mn, "max_part": mx, "last_part": last,
+            "last_ts_ms": last_ts}).encode())
+    return out
+
+
+class ClickHouseSink:
+    name = "clickhouse"
+    kinds = frozenset({"metrics"})
+    stores_rows = False  # rollups are derived; the raw rows live in VictoriaMetrics
+
+    def __init__(self, url: str, *, database: str = "fleetd_analytics", retention_days: int = 0,
+                 timeout_s: float = 15.0, retry_after_s: int = 5) -> None:
+        self.url = url.rstrip("/") + "/"
+        self.db = database
+        self.retention_days = retention_days
+        self.retry_after_s = retry_after_s
+        self.client = new_client(timeout_s)
+        self.version: tuple[int, ...] = ()
+
+    async def query(self, sql: str, body: bytes = b"", **params: str) -> str:
+        """Run one statement (``body`` is the data of an INSERT); returns the response text."""
+        if body:
+            resp = await request(self.client, self.name, "POST", self.url, content=body,
+                                 params={"query": sql, **params},
+                                 retry_after_s=self.retry_after_s)
+        else:
+            resp = await request(self.client, self.name, "POST", self.url,
+                                 content=sql.encode(), params=params,
+                                 retry_after_s=self.retry_after_s)
+        return resp.text
+
+    async def server_version(self) -> tuple[int, ...]:
+        if not self.version:
+            self.version = parse_version(await self.query("SELECT version()"))
+        return self.version
+
+    async def schema_version(self) -> int:
+        exists = await self.query(f"EXISTS TABLE {self.db}.schema_migrations")
+        if exists.strip() != "1":
+            return 0
+        return int((await self.query(
+            f"SELECT max(version) FROM {self.db}.schema_migrations")).strip() or 0)
+
+    async def migrate(self) -> list[str]:
+        """Create/upgrade the database and tables; returns the names of applied migrations."""
+        version = await self.server_version()
+        await self.query(f"CREATE DATABASE IF NOT EXISTS {self.db}")
+        await self.query(f"CREATE TABLE IF NOT EXISTS {self.db}.schema_migrations "
+                         "(version UInt32, name String, applied_at DateTime) "
+                         "ENGINE = MergeTree() ORDER BY version")
+        current = await self.schema_version()
+        done = []
+        for num, name, template in migrations():
+            if num <= current:
+                continue
+            for stmt in render(template, self.db, version, self.retention_days):
+                await self.query(stmt)
+            await self.query(f"INSERT INTO {self.db}.schema_migrations FORMAT JSONEachRow",
+                             json.dumps({"version": num, "name": name,
+                                         "applied_at": int(time.time())}).encode())
+            done.append(name)
+        return done
+
+    async def open(self) -> None:
+        try:
+            current = await self.schema_version()
+            await self.server_version()
+        except Exception as exc:
+            log.warning("ClickHouse at %s not reachable yet (%s); batches get 503 until it is",
+                        self.url, exc)
+            return
+        latest = migrations()[-1][0]
+        if current < latest:
+            raise SchemaOutdated(
+                f"ClickHouse database {self.db!r} is at schema version {current}, this build "
+                f"needs {latest}: run 'fleet-central migrate'")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ready(self) -> bool:
+        return await is_up(self.client, self.url + "ping")
+
+    async def write(self, job: Job) -> None:
+        rows = rollup_rows(job, job.cutoff(self.retention_days))
+        if not rows:
+            return
+        params: dict[str, str] = {}
+        if await self.server_version() >= (22, 2):
+            params["insert_deduplication_token"] = job.token
+        await self.query(f"INSERT INTO {self.db}.{TABLE} FORMAT JSONEachRow",
+                         b"\n".join(rows), **params)
+
+    async def expire(self, now_s: float) -> list[str]:
+        """Drop day partitions older than the retention (servers without TTL)."""
+        if not self.retention_days or await self.server_version() >= (19, 6):
+            return []
+        cutoff = time.strftime("%Y%m%d", time.gmtime(now_s - self.retention_days * 86400))
+        parts = (await self.query(
+            f"SELECT DISTINCT partition FROM system.parts WHERE database = '{self.db}' AND "
+            f"table = '{TABLE}' AND active AND partition < '{cutoff}'")).split()
+        for p in parts:
+            await self.query(f"ALTER TABLE {self.db}.{TABLE} DROP PARTITION {p}")
+        return parts

@@ -1,0 +1,250 @@
+"""Private instances of the real backend servers for tests and benchmarks.
+
+Each ``start_*`` function starts the real server (from the Debian packages that
+``scripts/backends`` installs) bound to 127.0.0.1 on a free port, with its data in a fresh
+temporary directory, waits until it answers, and returns a :class:`Server` whose ``stop()``
+kills it and removes the directory. ``restart()`` keeps the data (for outage tests).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+PG_BIN = Path(os.environ.get("FLEET_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class ServerMissing(RuntimeError):
+    """A server binary is not installed: run scripts/backends."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _need(path: str | Path) -> str:
+    found = shutil.which(str(path))
+    if found is None:
+        raise ServerMissing(f"{path} is not installed: run scripts/backends (as root) first")
+    return found
+
+
+def _wait(ready: Callable[[], bool], proc: subprocess.Popen[bytes] | None, log: Path,
+          what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            if ready():
+                return
+        except (OSError, httpx.HTTPError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f}s:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-4000:]
+    except OSError:
+        return "(no log)"
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=1).status_code == 200
+
+
+@dataclass
+class Server:
+    """A running private server. ``url`` is what the matching env variable expects."""
+
+    name: str
+    url: str
+    port: int
+    workdir: Path
+    argv: list[str]
+    ready: Callable[[], bool]
+    as_user: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+    stop_cmd: list[str] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def _prefix(self) -> list[str]:
+        return ["runuser", "-u", self.as_user, "--"] if self.as_user else []
+
+    def start(self) -> Server:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self._prefix() + self.argv, stdout=out,
+                                         stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         start_new_session=True)
+        _wait(self.ready, self.proc, self.log, self.name)
+        return self
+
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL), keeping its data."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.stop_cmd:  # PostgreSQL: postmaster children and the pid file
+            subprocess.run(self._prefix() + self.stop_cmd, capture_output=True, check=False)
+
+    def restart(self) -> Server:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _workdir(name: str, owner: str | None = None) -> Path:
+    d = Path(tempfile.mkdtemp(prefix=f"fleetd-{name}-"))
+    if owner:
+        shutil.chown(d, owner, owner)
+    return d
+
+
+def start_postgres() -> Server:
+    """PostgreSQL 15: ``initdb`` + ``postgres`` as the ``postgres`` user when run as root."""
+    initdb = _need(PG_BIN / "initdb")
+    user = "postgres" if os.geteuid() == 0 else None
+    work = _workdir("postgres", user)
+    data = work / "data"
+    prefix = ["runuser", "-u", user, "--"] if user else []
+    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust",
+                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    port = free_port()
+    argv = [str(PG_BIN / "postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1",
+            "-p", str(port), "-k", str(work), "-c", "fsync=off", "-c", "max_connections=200"]
+
+    def ready() -> bool:
+        r = subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                           capture_output=True, check=False)
+        return r.returncode == 0
+
+    srv = Server("postgres", f"postgresql://postgres@127.0.0.1:{port}/postgres", port, work,
+                 argv, ready, as_user=user,
+                 stop_cmd=[str(PG_BIN / "pg_ctl"), "-D", str(data), "stop", "-m", "immediate"])
+    return srv.start()
+
+
+def create_database(server: Server, name: str) -> str:
+    """Create database ``name`` on a private PostgreSQL; returns its URL."""
+    subprocess.run([str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(server.port), "-U",
+                    "postgres", "-q", "-c", f'CREATE DATABASE "{name}"'],
+                   check=True, capture_output=True)
+    return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
+
+
+def start_victoria_metrics() -> Server:
+    """VictoriaMetrics single node. ``-dedup.minScrapeInterval=1ms`` is the setting central's
+    README asks for: samples of one series with the same millisecond are one sample."""
+    binary = _need("victoria-metrics")
+    work = _workdir("vm")
+    port = free_port()
+    argv = [binary, f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={work}/data",
+            "-retentionPeriod=100y", "-search.latencyOffset=0s", "-dedup.minScrapeInterval=1ms",
+            "-search.disableCache", "-loggerLevel=WARN"]
+    url = f"http://127.0.0.1:{port}"
+    return Server("victoria-metrics", url, port, work, argv, _http_ok(url + "/health")).start()
+
+
+def start_redis() -> Server:
+    binary = _need("redis-server")
+    work = _workdir("redis")
+    port = free_port()
+    argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--dir", str(work)]
+
+    def ready() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    return Server("redis", f"127.0.0.1:{port}", port, work, argv, ready).start()
+
+
+CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>{work}/server.log</log>
+        <errorlog>{work}/error.log</errorlog><console>0</console></logger>
+    <http_port>{http}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <max_connections>256</max_connections>
+    <keep_alive_timeout>30</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>8589934592</uncompressed_cache_size>
+    <mark_cache_size>536870912</mark_cache_size>
+    <path>{work}/data/</path>
+    <tmp_path>{work}/tmp/</tmp_path>
+    <user_files_path>{work}/user_files/</user_files_path>
+    <format_schema_path>{work}/format_schemas/</format_schema_path>
+    <users_config>{work}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+"""
+
+CLICKHOUSE_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+    <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+        <profile>default</profile><quota>default</quota></default></users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+        <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+        </interval></default></quotas>
+</yandex>
+"""
+
+
+def start_clickhouse() -> Server:
+    binary = _need("clickhouse-server")
+    user = "clickhouse" if os.geteuid() == 0 and _has_user("clickhouse") else None
+    work = _workdir("clickhouse", user)
+    http, tcp = free_port(), free_port()
+    (work / "config.xml").write_text(CLICKHOUSE_CONFIG.format(work=work, http=http, tcp=tcp))
+    (work / "users.xml").write_text(CLICKHOUSE_USERS)
+    for sub in ("data", "tmp", "user_files", "format_schemas"):
+        (work / sub).mkdir()
+        if user:
+            shutil.chown(work / sub, user, user)
+    for f in ("config.xml", "users.xml"):
+        if user:
+            shutil.chown(work / f, user, user)
+    url = f"http://127.0.0.1:{http}"
+    argv = [binary, f"--config-file={work}/config.xml"]
+    return Server("clickhouse", url, http, work, argv, _http_ok(url + "/ping"),
+                  as_user=user).start()
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
