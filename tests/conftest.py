@@ -1,8 +1,11 @@
-"""Shared fixtures: an in-process central (embedded SQLite) and edge configs pointing at it."""
+"""Shared fixtures: an in-process central (embedded SQLite), edge configs pointing at it, and
+private instances of the real backend servers (one per session; each test gets its own
+PostgreSQL database, ClickHouse database, and unique organisation/node names)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -15,6 +18,7 @@ from central.pipeline import Pipeline
 from central.server import CentralHandle, run_central
 from central.sinks.sqlite import SQLiteStore
 from edge_node.config import EdgeConfig
+from tests import servers
 
 
 @dataclass
@@ -72,3 +76,61 @@ async def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05) -> 
             if got:
                 return
             await trio.sleep(interval)
+
+
+# -- real backend servers ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[servers.Server]:
+    srv = servers.start_postgres()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def vm_server() -> Iterator[servers.Server]:
+    srv = servers.start_victoria_metrics()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def ch_server() -> Iterator[servers.Server]:
+    srv = servers.start_clickhouse()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[servers.Server]:
+    srv = servers.start_redis()
+    yield srv
+    srv.stop()
+
+
+@dataclass
+class Backends:
+    """Environment for a central that uses every real backend, private to one test."""
+
+    env: dict[str, str]
+    tag: str  # unique per test: use it in org and node names
+
+    def with_env(self, **extra: str) -> dict[str, str]:
+        return {**self.env, **extra}
+
+
+@pytest.fixture
+def backends(pg_server: servers.Server, vm_server: servers.Server, ch_server: servers.Server,
+             redis_server: servers.Server) -> Backends:
+    tag = uuid.uuid4().hex[:10]
+    return Backends(env={
+        "DATABASE_URL": servers.create_database(pg_server, f"t_{tag}"),
+        "VICTORIA_METRICS_URL": vm_server.url,
+        "CLICKHOUSE_URL": ch_server.url,
+        "CLICKHOUSE_DATABASE": f"t_{tag}",
+        "VALKEY_ADDR": redis_server.url,
+        "DATABASE_POOL_SIZE": "4",
+        "FLEET_CENTRAL_RETRY_AFTER_S": "1",
+        "FLEET_CENTRAL_SINK_TIMEOUT_S": "5",
+    }, tag=tag)

@@ -105,6 +105,12 @@ class Server:
         if self.stop_cmd:  # PostgreSQL: postmaster children and the pid file
             subprocess.run(self._prefix() + self.stop_cmd, capture_output=True, check=False)
 
+    def terminate(self, timeout: float = 30.0) -> None:
+        """Stop the server gracefully (SIGTERM), keeping its data."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout)
+
     def restart(self) -> Server:
         self.kill()
         return self.start()

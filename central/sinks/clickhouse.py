@@ -100,11 +100,11 @@ class ClickHouseSink:
         if body:
             resp = await request(self.client, self.name, "POST", self.url, content=body,
                                  params={"query": sql, **params},
-                                 retry_after_s=self.retry_after_s)
+                                 retry_after_s=self.retry_after_s, rejects=False)
         else:
             resp = await request(self.client, self.name, "POST", self.url,
                                  content=sql.encode(), params=params,
-                                 retry_after_s=self.retry_after_s)
+                                 retry_after_s=self.retry_after_s, rejects=False)
         return resp.text
 
     async def server_version(self) -> tuple[int, ...]:

@@ -1,8 +1,11 @@
 """The HTTP plumbing the VictoriaMetrics, Loki and ClickHouse sinks share.
 
-Third-party failures are converted at this boundary (STYLE 6): transport errors, timeouts, 5xx
-and 429 become :class:`SinkUnavailable` (the edge retries later), other 4xx
-:class:`SinkRejected` (the data itself is refused; the edge dead-letters the batch).
+Third-party failures are converted at this boundary (STYLE 6): transport errors, timeouts, 5xx,
+408/429 and the statuses that mean a misconfiguration an operator will fix (401, 403, 404: wrong
+credentials, URL or a missing table) become :class:`SinkUnavailable` (the edge keeps the batch
+and retries later); other 4xx become :class:`SinkRejected` (the data itself is refused; the edge
+dead-letters the batch, where it stays visible and can be requeued). A sink whose data central
+generates itself (ClickHouse rollups) passes ``rejects=False``: every failure is retried.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def origin(url: str) -> str:
 
 async def request(client: httpx.AsyncClient, sink: str, method: str, url: str, *,
                   retry_after_s: int, ok: tuple[int, ...] = (200, 204),
-                  **kwargs: object) -> httpx.Response:
+                  rejects: bool = True, **kwargs: object) -> httpx.Response:
     """Send one request; raise the right sink error unless the status is in ``ok``."""
     try:
         resp = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
@@ -42,7 +45,7 @@ async def request(client: httpx.AsyncClient, sink: str, method: str, url: str, *
     if resp.status_code in ok:
         return resp
     text = resp.text.strip().replace("\n", " ")[:500]
-    if resp.status_code >= 500 or resp.status_code in (408, 429):
+    if not rejects or resp.status_code >= 500 or resp.status_code in (401, 403, 404, 408, 429):
         after = resp.headers.get("Retry-After", "")
         wait = int(after) if after.isdigit() else retry_after_s
         raise SinkUnavailable(sink, f"HTTP {resp.status_code} from {url}: {text}", wait)

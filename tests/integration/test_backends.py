@@ -1,0 +1,316 @@
+"""Central writing to the real backends: PostgreSQL, VictoriaMetrics, ClickHouse, Redis (private
+instances started by the fixtures), and the Loki push-API contract receiver.
+
+Central runs in-process; batches are posted over real HTTP; what landed is read back with each
+backend's own client (psql, VictoriaMetrics' export API, ClickHouse's HTTP interface, redis-cli).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import trio
+
+from central.backends import build_pipeline
+from central.config import Settings
+from central.pipeline import Pipeline
+from central.server import run_central
+from edge_node.wire import BATCH_CONTENT_TYPE, Batch, Columns, encode_batch, encode_segment
+from tests import servers
+from tests.conftest import Backends
+from tests.push_contract import PushReceiver, start_receiver
+from tests.readers import ch_query, psql, redis_cli, vm_export, vm_values
+
+NOW = int(time.time() * 1000) // 60_000 * 60_000 - 600_000  # a minute boundary, in the past
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "central.cli", *args],
+                          env={**os.environ, **env}, capture_output=True, text=True, check=False)
+
+
+@dataclass
+class Running:
+    url: str
+    key: str
+    node: str
+    org: str
+    env: dict[str, str]
+    pipeline: Pipeline
+    loki: PushReceiver
+
+    async def post(self, body: bytes, key: str | None = None) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as c:
+            return await c.post(self.url + "/api/v1/batches", content=body, headers={
+                "Authorization": f"Bearer {key or self.key}",
+                "Content-Type": BATCH_CONTENT_TYPE})
+
+
+@asynccontextmanager
+async def central_on(backends: Backends, tmp_path: Path, **env: str) -> AsyncIterator[Running]:
+    """Migrate, register a node (CLI, real processes), then run central in-process."""
+    loki = PushReceiver()
+    async with trio.open_nursery() as nursery:
+        loki_url = await start_receiver(nursery, loki)
+        full = backends.with_env(LOKI_URL=loki_url, **env)
+        done = await trio.to_thread.run_sync(cli, full, "migrate")
+        assert done.returncode == 0, done.stderr
+        org, node = f"org-{backends.tag}", f"node-{backends.tag}"
+        added = await trio.to_thread.run_sync(cli, full, "nodes", "add", node, "--org", org,
+                                              "--site", "plant-7")
+        assert added.returncode == 0, added.stderr
+        key = added.stdout.strip().splitlines()[-1]
+        pipeline = build_pipeline(Settings.from_env(full), tmp_path / "unused")
+        handle = await nursery.start(partial(run_central, pipeline, "127.0.0.1:0",
+                                             graceful_s=1))
+        yield Running(handle.url, key, node, org, full, pipeline, loki)
+        handle.stop()
+        nursery.cancel_scope.cancel()
+
+
+DEFS = [(1, {"__name__": "temp_c", "device": "d1"}),
+        (2, {"__name__": "temp_c", "device": "d2", "org": "someone-else", "node": "spoof"}),
+        (3, {"__name__": "app_log", "device": "d1", "level": "error", "app": "pump",
+             "unit": "7"}),
+        (4, {"__name__": "fleet_heartbeat", "device": "d1", "hw": "pi4"})]
+
+
+def metrics_batch(node: str, seq: int, *, base: int = NOW, defs: bool = True) -> bytes:
+    ts = np.array([base, base + 1000, base + 61_000, base, base + 1000], dtype=np.int64)
+    cols = Columns("metrics", np.array([1, 1, 1, 2, 2], dtype=np.int64), ts,
+                   np.array([20.5, 21.0, 22.0, 30.0, 31.5]))
+    return encode_batch(Batch(node, seq, "metrics", encode_segment(cols), 5, epoch="e1",
+                              series_defs=DEFS if defs else []))
+
+
+def logs_batch(node: str, seq: int) -> bytes:
+    cols = Columns("logs", np.array([3, 3], dtype=np.int64),
+                   np.array([NOW, NOW + 5], dtype=np.int64),
+                   lines=[b"pressure high", b"pump stopped"])
+    return encode_batch(Batch(node, seq, "logs", encode_segment(cols), 2, epoch="e1",
+                              series_defs=DEFS))
+
+
+def heartbeats_batch(node: str, seq: int) -> bytes:
+    cols = Columns("heartbeats", np.array([4, 4], dtype=np.int64),
+                   np.array([NOW - 30_000, NOW], dtype=np.int64))
+    return encode_batch(Batch(node, seq, "heartbeats", encode_segment(cols), 2, epoch="e1",
+                              series_defs=DEFS))
+
+
+def _vm(run: Running) -> list[dict[str, object]]:
+    return vm_export(run.env["VICTORIA_METRICS_URL"], f'{{node="{run.node}"}}')
+
+
+def _ch_raw(run: Running) -> int:
+    db = run.env["CLICKHOUSE_DATABASE"]
+    return int(ch_query(run.env["CLICKHOUSE_URL"],
+                        f"SELECT count() AS n FROM {db}.metric_rollups_1m")[0]["n"])
+
+
+def _state(run: Running) -> tuple[object, ...]:
+    """Everything the backends hold for this test's node, for before/after comparisons."""
+    db = run.env["DATABASE_URL"]
+    return (sorted(json.dumps(s, sort_keys=True) for s in _vm(run)), _ch_raw(run),
+            psql(db, "SELECT count(*) FROM device_status"),
+            psql(db, "SELECT device, last_seen FROM devices ORDER BY device"),
+            len(run.loki.entries))
+
+
+async def test_each_kind_lands_in_its_backend_and_a_retry_changes_nothing(
+        backends: Backends, tmp_path: Path) -> None:
+    # the data is 10 minutes old: a one-hour online TTL keeps its devices online
+    async with central_on(backends, tmp_path, FLEET_CENTRAL_ONLINE_TTL_S="3600") as run:
+        for body in (metrics_batch(run.node, 1), logs_batch(run.node, 2),
+                     heartbeats_batch(run.node, 3)):
+            r = await run.post(body)
+            assert (r.status_code, r.json()["status"]) == (200, "applied"), r.text
+        before = await trio.to_thread.run_sync(_state, run)
+
+        # VictoriaMetrics: org/node/site from the node's registration, device from the device;
+        # the payload's own org/node labels are kept as exported_* and cannot spoof a tenant
+        series = {s["metric"]["device"]: s for s in _vm(run)}
+        assert series["d1"]["metric"] == {"__name__": "temp_c", "device": "d1", "org": run.org,
+                                          "node": run.node, "site": "plant-7"}
+        assert series["d1"]["values"] == [20.5, 21.0, 22.0]
+        assert series["d1"]["timestamps"] == [NOW, NOW + 1000, NOW + 61_000]
+        assert series["d2"]["metric"]["org"] == run.org
+        assert series["d2"]["metric"]["exported_org"] == "someone-else"
+        assert series["d2"]["metric"]["exported_node"] == "spoof"
+        assert vm_export(run.env["VICTORIA_METRICS_URL"], '{org="someone-else"}') == []
+
+        # PostgreSQL: device registry and heartbeat history
+        db = run.env["DATABASE_URL"]
+        devices = psql(db, "SELECT device, node_id, site, labels->>'hw', org FROM devices "
+                           "ORDER BY device")
+        assert devices == [["d1", run.node, "plant-7", "pi4", run.org],
+                           ["d2", run.node, "plant-7", "", run.org]]
+        assert psql(db, "SELECT count(*), min(status) FROM device_status "
+                        "WHERE device = 'd1'") == [["2", "heartbeat"]]
+
+        # ClickHouse: exact per-minute rollups
+        rows = ch_query(run.env["CLICKHOUSE_URL"],
+                        f"SELECT device, samples, sum, min, max, last FROM "
+                        f"{run.env['CLICKHOUSE_DATABASE']}.metric_rollups_1m_v "
+                        f"ORDER BY device, window_start")
+        assert [(r["device"], int(r["samples"]), r["sum"], r["min"], r["max"], r["last"])
+                for r in rows] == [("d1", 2, 41.5, 20.5, 21.0, 21.0), ("d1", 1, 22.0, 22.0, 22.0,
+                                                                       22.0),
+                                   ("d2", 2, 61.5, 30.0, 31.5, 31.5)]
+
+        # Redis: online state and latest value per series
+        assert redis_cli(run.env["VALKEY_ADDR"], "EXISTS", f"fleetd:{run.org}:online:d1") == "1"
+        ttl_ms = int(redis_cli(run.env["VALKEY_ADDR"], "PTTL", f"fleetd:{run.org}:online:d1"))
+        assert 0 < ttl_ms <= 3600_000 - (time.time() * 1000 - (NOW + 61_000)) + 1000
+        latest = redis_cli(run.env["VALKEY_ADDR"], "HGETALL", f"fleetd:{run.org}:latest:"
+                                                              f"{run.node}").splitlines()
+        assert f"{NOW + 61_000} 22.0" in latest
+
+        # Loki contract: tenant = organisation, low-cardinality stream labels, the rest metadata
+        tenant, stream, ts, line, meta = run.loki.entries[0]
+        assert tenant == run.org
+        assert dict(stream) == {"org": run.org, "node": run.node, "site": "plant-7",
+                                "device": "d1", "level": "error", "app": "pump"}
+        assert (ts, line, dict(meta)) == (NOW * 1_000_000, "pressure high", {"unit": "7"})
+
+        # every batch again: all duplicates, no backend changes
+        for seq, body in ((1, metrics_batch(run.node, 1)), (2, logs_batch(run.node, 2)),
+                          (3, heartbeats_batch(run.node, 3))):
+            r = await run.post(body)
+            assert (r.status_code, r.json()) == (200, {"status": "duplicate", "seq": seq})
+        assert await trio.to_thread.run_sync(_state, run) == before
+        assert run.loki.pushes == 1
+
+
+async def test_partial_success_is_not_duplicated_on_retry(backends: Backends,
+                                                          tmp_path: Path) -> None:
+    """VictoriaMetrics takes the batch, Loki (logs) / ClickHouse (metrics) do not: 503; the
+    retry writes only to the sink that failed, and even a lost per-sink mark (a crash between
+    write and mark) duplicates nothing, because each sink's write is idempotent itself."""
+    async with central_on(backends, tmp_path) as run:
+        run.loki.fail_next = 1
+        r = await run.post(logs_batch(run.node, 1))
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        r = await run.post(logs_batch(run.node, 1))
+        assert r.json()["status"] == "applied"
+        assert [e[3] for e in run.loki.entries] == ["pressure high", "pump stopped"]
+        # Valkey took the first attempt; the retry skipped it
+        assert 'fleet_central_sink_skipped_total{sink="valkey"} 1' in \
+            run.pipeline.registry.render()
+
+        # metrics: break the ClickHouse database so only ClickHouse fails
+        db, ch = run.env["CLICKHOUSE_DATABASE"], run.env["CLICKHOUSE_URL"]
+        httpx.post(ch, content=f"RENAME TABLE {db}.metric_rollups_1m TO {db}.moved".encode())
+        r = await run.post(metrics_batch(run.node, 2))
+        assert r.status_code == 503 and "clickhouse" in r.json()["error"]
+        assert len(await trio.to_thread.run_sync(vm_values, run.env["VICTORIA_METRICS_URL"],
+                                                 f'{{node="{run.node}"}}')) == 5
+        httpx.post(ch, content=f"RENAME TABLE {db}.moved TO {db}.metric_rollups_1m".encode())
+        # forget that VictoriaMetrics took it, as if central had crashed right after the write
+        await trio.to_thread.run_sync(psql, run.env["DATABASE_URL"], "DELETE FROM sink_marks")
+        r = await run.post(metrics_batch(run.node, 2))
+        assert r.json()["status"] == "applied"
+        values = await trio.to_thread.run_sync(vm_values, run.env["VICTORIA_METRICS_URL"],
+                                               f'{{node="{run.node}"}}')
+        assert values == [20.5, 21.0, 22.0, 30.0, 31.5]
+        # and a ClickHouse re-insert (same batch identity) collapses in the reporting view
+        rows = ch_query(ch, f"SELECT sum(samples) AS n FROM {db}.metric_rollups_1m_v")
+        assert int(rows[0]["n"]) == 5
+
+
+START = {"postgresql": servers.start_postgres, "victoria-metrics": servers.start_victoria_metrics,
+         "clickhouse": servers.start_clickhouse, "valkey": servers.start_redis}
+ENV = {"postgresql": "DATABASE_URL", "victoria-metrics": "VICTORIA_METRICS_URL",
+       "clickhouse": "CLICKHOUSE_URL", "valkey": "VALKEY_ADDR"}
+
+
+@pytest.mark.parametrize("backend", sorted(START))
+async def test_a_backend_down_means_503_then_exactly_once(backend: str, backends: Backends,
+                                                          tmp_path: Path) -> None:
+    private = START[backend]()
+    try:
+        url = private.url
+        if backend == "postgresql":
+            url = servers.create_database(private, "fleet")
+        async with central_on(backends, tmp_path, **{ENV[backend]: url}) as run:
+            assert (await run.post(metrics_batch(run.node, 1))).status_code == 200
+            if backend == "victoria-metrics":
+                # VictoriaMetrics acknowledges samples it holds in memory for ~1 s before they
+                # reach disk; a kill -9 of the server itself loses them (its own trade-off)
+                private.terminate()
+            else:
+                private.kill()
+            r = await run.post(metrics_batch(run.node, 2, base=NOW + 120_000))
+            assert r.status_code == 503, r.text
+            assert r.headers["Retry-After"] == "1"
+            assert backend in r.json()["error"]
+            async with httpx.AsyncClient() as c:
+                ready = await c.get(run.url + "/readyz")
+            assert ready.status_code == 503 and ready.json()["backends"][backend] is False
+            await trio.to_thread.run_sync(private.start)
+            for _ in range(50):  # pools reconnect on their own schedule
+                r = await run.post(metrics_batch(run.node, 2, base=NOW + 120_000))
+                if r.status_code == 200:
+                    break
+                await trio.sleep(0.2)
+            assert r.json()["status"] == "applied", r.text
+            r = await run.post(metrics_batch(run.node, 2, base=NOW + 120_000))
+            assert r.json()["status"] == "duplicate"
+            values = await trio.to_thread.run_sync(
+                vm_values, run.env["VICTORIA_METRICS_URL"], f'{{node="{run.node}"}}')
+            assert len(values) == 10
+            db = run.env["CLICKHOUSE_DATABASE"]
+            rows = ch_query(run.env["CLICKHOUSE_URL"],
+                            f"SELECT sum(samples) AS n FROM {db}.metric_rollups_1m_v")
+            assert int(rows[0]["n"]) == 10
+    finally:
+        private.stop()
+
+
+async def test_tenant_isolation_by_row_level_security(backends: Backends,
+                                                      tmp_path: Path) -> None:
+    async with central_on(backends, tmp_path) as run:
+        other = cli(run.env, "nodes", "add", "other-node", "--org", "other-org")
+        other_key = other.stdout.strip().splitlines()[-1]
+        assert (await run.post(heartbeats_batch(run.node, 1))).status_code == 200
+        r = await run.post(heartbeats_batch("other-node", 1), key=other_key)
+        assert r.status_code == 200
+        db = run.env["DATABASE_URL"]
+        role = f"reader_{backends.tag}"
+        psql(db, f"CREATE ROLE {role} LOGIN; GRANT fleetd_reader TO {role}")
+        assert psql(db, "SELECT DISTINCT org FROM devices ORDER BY org") == [
+            [run.org], ["other-org"]]  # central (the owner) sees all
+        for table in ("devices", "device_status", "series", "nodes"):
+            mine = psql(db, f"SELECT DISTINCT org FROM {table}", user=role, org=run.org)
+            assert mine == [[run.org]], table
+            assert psql(db, f"SELECT count(*) FROM {table}", user=role) == [["0"]], table
+        with pytest.raises(subprocess.CalledProcessError):  # key hashes are not readable
+            psql(db, "SELECT key_hash FROM nodes", user=role, org=run.org)
+        part = psql(db, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON "
+                        "c.oid = i.inhrelid LIMIT 1")[0][0]
+        with pytest.raises(subprocess.CalledProcessError):  # nor are partitions directly
+            psql(db, f"SELECT * FROM {part}", user=role, org="other-org")
+
+
+async def test_run_refuses_an_outdated_schema(backends: Backends) -> None:
+    env = backends.with_env()
+    env.pop("CLICKHOUSE_URL")
+    r = await trio.to_thread.run_sync(cli, env, "run", "--listen", "127.0.0.1:0")
+    assert r.returncode == 1
+    assert "schema is at version 0" in r.stderr and "fleet-central migrate" in r.stderr
+    m = await trio.to_thread.run_sync(cli, env, "migrate")
+    assert m.returncode == 0 and "0001_initial.sql" in m.stdout
+    again = await trio.to_thread.run_sync(cli, env, "migrate")
+    assert "schema is up to date" in again.stdout
