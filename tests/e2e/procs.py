@@ -69,22 +69,25 @@ class Proc:
             self.proc.wait()
 
 
-def central_cli(*args: str) -> str:
+def central_cli(*args: str, env: dict[str, str] | None = None) -> str:
     out = subprocess.run([sys.executable, "-m", "central.cli", *args], check=True,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
     return out.stdout
 
 
-def start_central(tmp: Path, port: int | None = None) -> Proc:
+def start_central(tmp: Path, port: int | None = None, env: dict[str, str] | None = None
+                  ) -> Proc:
+    """A ``fleet-central run`` process (not started); ``env`` selects its backends."""
     port = port or free_port()
     return Proc([sys.executable, "-m", "central.cli", "--log-level", "warning", "run",
                  "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "central")],
-                f"http://127.0.0.1:{port}", tmp / "central.log")
+                f"http://127.0.0.1:{port}", tmp / "central.log", env=env or {})
 
 
-def register(tmp: Path, node_id: str = "edge-e2e") -> str:
-    out = central_cli("nodes", "add", node_id, "--org", "acme", "--data-dir",
-                      str(tmp / "central"))
+def register(tmp: Path, node_id: str = "edge-e2e", env: dict[str, str] | None = None,
+             org: str = "acme") -> str:
+    out = central_cli("nodes", "add", node_id, "--org", org, "--data-dir",
+                      str(tmp / "central"), env=env)
     return out.strip().splitlines()[-1]
 
 
