@@ -19,7 +19,7 @@ import trio
 import trio_asyncio
 
 from edge_node import __version__
-from edge_node.cli import startup_error, stop_on_signal
+from edge_node.cli import startup_error, stop_on_signal, tune_gc
 
 from .backends import build_pipeline, clickhouse, state_store
 from .config import BACKEND_VARS, Settings
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> None:
+    tune_gc()  # batches allocate ~100k objects each; the caches hold millions more
     pipeline = build_pipeline(settings, args.data_dir)
     logging.getLogger("fleet_central").info("routing: %s", settings.describe())
     async with trio.open_nursery() as nursery:

@@ -24,14 +24,13 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
 import trio
 
 from edge_node.metrics import Registry
 from edge_node.wire import Batch, Columns
 
 from .errors import SinkRejected, SinkUnavailable
-from .router import make_job
+from .router import LabelCache, group, make_job
 from .sinks.base import NodeInfo, Sink, StateStore
 
 log = logging.getLogger("fleet_central.pipeline")
@@ -54,6 +53,7 @@ class Pipeline:
         self.sinks = list(sinks)
         self.fast = fast
         self.registry = registry = registry or Registry("fleet_central")
+        self.labels = LabelCache()
         # asyncpg and redis-py run on an asyncio loop inside Trio (trio-asyncio)
         self.needs_asyncio = any(getattr(c, "uses_asyncio", False)
                                  for c in (state, *self.sinks))
@@ -132,11 +132,12 @@ class Pipeline:
                     return False
             except SinkUnavailable:
                 pass  # the authoritative check below still runs; the write will report it
-        sids = np.unique(cols.series).tolist()
-        pending = await self.state.begin(node, batch, sids)
+        grouping = group(cols)
+        pending = await self.state.begin(node, batch, grouping.sids.tolist())
         if pending is None:
             return False
-        job = make_job(node, batch, cols, pending.labels, time.time_ns() // 1_000_000)
+        job = make_job(node, batch, cols, pending.labels, time.time_ns() // 1_000_000,
+                       self.labels, grouping)
         todo = [s for s in self.sinks if batch.kind in s.kinds]
         errors: list[SinkUnavailable | SinkRejected] = []
 

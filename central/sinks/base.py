@@ -58,18 +58,14 @@ def pending_from(known: dict[int, dict[str, str]], batch: Batch, sids: list[int]
         MissingSeries: some sid is defined nowhere (the edge resends definitions on 409).
     """
     new_defs = [(sid, lbl) for sid, lbl in batch.series_defs if sid not in known]
+    unknown = set(sids).difference(known)
+    if not unknown:  # the common case: every series defined before
+        return Pending(known, new_defs, done_sinks)
     defs = dict(new_defs)
-    labels: dict[int, dict[str, str]] = {}
-    missing: list[int] = []
-    for sid in sids:
-        lbl = known.get(sid) or defs.get(sid)
-        if lbl is None:
-            missing.append(sid)
-        else:
-            labels[sid] = lbl
+    missing = sorted(unknown.difference(defs))
     if missing:
         raise MissingSeries(missing)
-    return Pending(labels, new_defs, done_sinks)
+    return Pending({**known, **defs}, new_defs, done_sinks)
 
 
 class StateStore(Protocol):

@@ -364,7 +364,7 @@ class PostgresStore:
         if expired:
             job.expired[self.name] = expired
         nid, epoch, org = job.node.node_id, job.epoch, job.node.org
-        devices = job.devices()
+        devices = job.device_rows()
         hb_labels = {}
         if job.kind == "heartbeats":
             for sid in job.sids:
@@ -373,7 +373,6 @@ class PostgresStore:
                     hb_labels[lbl["device"]] = {
                         k: v for k, v in lbl.items()
                         if k not in ("__name__", "org", "node", "site", "device")}
-        sites = {job.labels[s].get("device"): job.labels[s].get("site", "") for s in job.sids}
 
         async def run(conn: asyncpg.Connection) -> bool:
             if records and not self.timescale:
@@ -395,7 +394,7 @@ class PostgresStore:
                 if records:
                     await conn.copy_records_to_table(table, records=records, columns=columns)
                 if devices:
-                    names = list(devices)
+                    names = [d[0] for d in devices]
                     await conn.execute(
                         "INSERT INTO devices AS d (org, device, name, node_id, site, labels, "
                         "first_seen, last_seen) SELECT $1, u.device, u.device, $2, u.site, "
@@ -407,9 +406,9 @@ class PostgresStore:
                         "last_seen = greatest(d.last_seen, excluded.last_seen), "
                         "node_id = excluded.node_id, site = excluded.site, "
                         "labels = d.labels || excluded.labels",
-                        org, nid, names, [sites.get(d) or "" for d in names],
+                        org, nid, names, [d[1] for d in devices],
                         [json.dumps(hb_labels.get(d, {})) for d in names],
-                        [_dt(devices[d][0]) for d in names], [_dt(devices[d][1]) for d in names])
+                        [_dt(d[2]) for d in devices], [_dt(d[3]) for d in devices])
                 await conn.execute(
                     "DELETE FROM applied WHERE node_id = $1 AND epoch = $2 AND seq < $3",
                     nid, epoch, low_watermark)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import msgspec
 import numpy as np
 import trio
 
@@ -64,6 +65,9 @@ CREATE VIEW IF NOT EXISTS logs_v AS
     SELECT l.node_id, r.labels, l.ts, l.line
     FROM logs l JOIN series r USING (node_id, epoch, sid);
 """
+
+
+_json_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
 def _now_ms() -> int:
@@ -222,7 +226,7 @@ class SQLiteStore:
             if pending.new_defs:
                 conn.executemany(
                     "INSERT OR IGNORE INTO series(node_id, epoch, sid, labels) VALUES (?,?,?,?)",
-                    [(nid, epoch, sid, json.dumps(lbl, sort_keys=True))
+                    [(nid, epoch, sid, _json_sorted(lbl).decode())
                      for sid, lbl in pending.new_defs])
             self._write_rows(conn, job, keep_kind)
             # the edge never resends a seq below its low watermark: forget those marks
@@ -265,16 +269,14 @@ class SQLiteStore:
                 [(nid, job.labels[s].get("device", ""), t) for s, t in zip(sids, tss,
                                                                             strict=True)])
         # device registry: first/last seen from any row carrying a device label
-        sites = {job.labels[s].get("device"): job.labels[s].get("site", "") for s in job.sids}
-        devices = job.devices()
+        devices = job.device_rows()
         if devices:
             conn.executemany(
                 "INSERT INTO devices(node_id, device, org, site, first_seen_ms, last_seen_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(node_id, device) DO UPDATE SET "
                 "first_seen_ms=min(first_seen_ms, excluded.first_seen_ms), "
                 "last_seen_ms=max(last_seen_ms, excluded.last_seen_ms), site=excluded.site",
-                [(nid, d, job.node.org, sites.get(d, ""), lo, hi)
-                 for d, (lo, hi) in devices.items()])
+                [(nid, d, job.node.org, site, lo, hi) for d, site, lo, hi in devices])
 
     # -- reading (tests, demo, status) ---------------------------------------------------------
 

@@ -18,9 +18,11 @@ has no representation for ±Inf there: non-finite values are not sent, they are 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from ..router import Job
 from .http import is_up, new_client, origin, request
@@ -39,31 +41,75 @@ def import_url(base: str) -> str:
 
 
 _encoder = msgspec.json.Encoder()
+_MID = b'],"timestamps":['
+_END = b"]}\n"
 
 
-def encode_import(job: Job, cutoff_ms: int) -> tuple[bytes, int, int, int]:
-    """JSON lines for ``job``; returns (body, samples, expired, non-finite)."""
+def series_prefix(labels: dict[str, str]) -> bytes:
+    """The start of a series' import line, up to its values."""
+    return b'{"metric":' + _encoder.encode(labels) + b',"values":['
+
+
+def _pieces(numbers: list[int] | list[float], starts: npt.NDArray[np.int64],
+            ends: npt.NDArray[np.int64], single: bool) -> list[bytes]:
+    """JSON text of ``numbers[b:e]`` per series (without brackets), encoded in one C call."""
+    text = _encoder.encode(numbers)[1:-1]
+    if single:  # one point per series (live batches): the split pieces are the answer
+        return text.split(b",")
+    # element k ends where comma k is; a series' text runs from after the comma that precedes
+    # its first element to the comma that follows its last (numbers never contain commas)
+    commas = np.append(np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 44), len(text))
+    lo = np.where(starts > 0, commas[starts - 1] + 1, 0).tolist()
+    hi = commas[ends - 1].tolist()
+    return [text[a:b] for a, b in zip(lo, hi, strict=True)]
+
+
+# Series per body chunk: joining ~1 MB at a time stays in the CPU cache; one 10+ MB join of
+# half a million pieces costs four times as much.
+CHUNK_SERIES = 2000
+
+
+def encode_import(job: Job, cutoff_ms: int, prefixes: dict[int, bytes] | None = None
+                  ) -> tuple[list[bytes], int, int, int]:
+    """JSON lines for ``job``; returns (body chunks, samples, expired, non-finite).
+
+    Encodes all values and all timestamps with one C call each and cuts the text per series,
+    so the cost per sample is a few tens of nanoseconds; ``prefixes`` caches each series'
+    ``{"metric":{...},"values":[`` across batches.
+    """
     assert job.values is not None
     finite = np.isfinite(job.values)
     recent = job.ts >= cutoff_ms
     keep = finite & recent
-    all_kept = bool(keep.all())
-    lines: list[bytes] = []
-    ts, vals = job.ts, job.values
-    for sid, b, e in job.series():
-        if all_kept:
-            t, v = ts[b:e], vals[b:e]
-        else:
-            k = keep[b:e]
-            t, v = ts[b:e][k], vals[b:e][k]
-            if t.shape[0] == 0:
-                continue
-        lines.append(_encoder.encode({"metric": job.labels[sid], "values": v.tolist(),
-                                      "timestamps": t.tolist()}))
-    body = b"\n".join(lines) + b"\n" if lines else b""
     expired = int((~recent).sum())
     nonfinite = int((~finite & recent).sum())
-    return body, int(keep.sum()), expired, nonfinite
+    sids, starts_a = np.asarray(job.sids, dtype=np.int64), np.asarray(job.starts, dtype=np.int64)
+    ts, vals = job.ts, job.values
+    if not bool(keep.all()):
+        counts = np.add.reduceat(keep.astype(np.int64), starts_a) if len(sids) else starts_a
+        ts, vals = ts[keep], vals[keep]
+        sids = sids[counts > 0]
+        counts = counts[counts > 0]
+        starts_a = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    n = int(sids.shape[0])
+    if n == 0:
+        return [], 0, expired, nonfinite
+    ends_a = np.append(starts_a[1:], ts.shape[0])
+    single = int(ts.shape[0]) == n
+    cache = prefixes if prefixes is not None else {}
+    sid_list = sids.tolist()
+    for sid in set(sid_list).difference(cache):
+        cache[sid] = series_prefix(job.labels[sid])
+    heads = [cache[s] for s in sid_list]
+    parts: list[bytes | None] = [None] * (5 * n)
+    parts[0::5] = heads
+    parts[1::5] = _pieces(vals.tolist(), starts_a, ends_a, single)
+    parts[2::5] = [_MID] * n
+    parts[3::5] = _pieces(ts.tolist(), starts_a, ends_a, single)
+    parts[4::5] = [_END] * n
+    step = 5 * CHUNK_SERIES
+    chunks = [b"".join(parts[i:i + step]) for i in range(0, len(parts), step)]  # type: ignore
+    return chunks, int(ts.shape[0]), expired, nonfinite
 
 
 class VictoriaMetricsSink:
@@ -80,6 +126,9 @@ class VictoriaMetricsSink:
         self.retry_after_s = retry_after_s
         self.client = new_client(timeout_s)
         self.nonfinite = 0
+        # (node, org, site, epoch) -> sid -> line prefix; reset past ~4M series (memory bound)
+        self._prefixes: dict[tuple[str, str, str, str], dict[int, bytes]] = {}
+        self._cached = 0
 
     async def open(self) -> None:
         try:
@@ -103,7 +152,17 @@ class VictoriaMetricsSink:
         return await is_up(self.client, self.root + "/health")
 
     async def write(self, job: Job) -> None:
-        body, n, expired, nonfinite = encode_import(job, job.cutoff(self.retention_days))
+        key = (job.node.node_id, job.node.org, job.node.site, job.epoch)
+        prefixes = self._prefixes.get(key)
+        if prefixes is None:
+            if self._cached > 4_000_000:
+                self._prefixes.clear()
+                self._cached = 0
+            prefixes = self._prefixes[key] = {}
+        before = len(prefixes)
+        body, n, expired, nonfinite = encode_import(job, job.cutoff(self.retention_days),
+                                                    prefixes)
+        self._cached += len(prefixes) - before
         if expired:
             job.expired[self.name] = expired
         if nonfinite:
@@ -113,6 +172,11 @@ class VictoriaMetricsSink:
                         nonfinite, job.node.node_id)
         if not n:
             return
-        await request(self.client, self.name, "POST", self.url, content=body,
-                      headers={"Content-Type": "application/json"},
+        async def stream() -> AsyncIterator[bytes]:
+            for chunk in body:
+                yield chunk
+
+        await request(self.client, self.name, "POST", self.url, content=stream(),
+                      headers={"Content-Type": "application/json",
+                               "Content-Length": str(sum(map(len, body)))},
                       retry_after_s=self.retry_after_s)

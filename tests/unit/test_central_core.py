@@ -113,8 +113,8 @@ def test_import_url_forms(url: str, want: str) -> None:
 
 def test_import_lines_carry_one_series_each_and_skip_what_vm_cannot_hold() -> None:
     job = _job([1, 1, 1, 2], [5, 6, 7, 8], [1.5, math.inf, 2.0, math.nan], now=10)
-    body, n, expired, nonfinite = encode_import(job, cutoff_ms=6)
-    lines = [json.loads(x) for x in body.splitlines()]
+    chunks, n, expired, nonfinite = encode_import(job, cutoff_ms=6)
+    lines = [json.loads(x) for x in b"".join(chunks).splitlines()]
     assert lines == [{"metric": {"__name__": "m1", "device": "d1", "org": "acme",
                                  "node": "gw-1", "site": "plant-7"},
                       "values": [2.0], "timestamps": [7]}]
@@ -122,6 +122,17 @@ def test_import_lines_carry_one_series_each_and_skip_what_vm_cannot_hold() -> No
 
 
 # -- Loki --------------------------------------------------------------------------------------
+
+
+def test_import_body_is_the_same_however_it_is_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import central.sinks.victoriametrics as vm
+
+    job = _job([1, 1, 2, 3, 3, 3], [1, 2, 3, 4, 5, 6], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    whole = b"".join(encode_import(job, 0)[0])
+    monkeypatch.setattr(vm, "CHUNK_SERIES", 1)
+    chunks = encode_import(job, 0)[0]
+    assert len(chunks) == 3 and b"".join(chunks) == whole
+    assert [json.loads(c)["values"] for c in chunks] == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]]
 
 
 def test_loki_streams_keep_few_labels_and_put_the_rest_in_metadata() -> None:
