@@ -41,8 +41,7 @@ def minute_rollups(job: Job, cutoff_ms: int = 0) -> Rollups:
     Non-finite values and samples older than ``cutoff_ms`` are left out.
     """
     assert job.values is not None
-    counts = np.asarray(job.ends, dtype=np.int64) - np.asarray(job.starts, dtype=np.int64)
-    sid_col = np.repeat(np.asarray(job.sids, dtype=np.int64), counts)
+    sid_col = job.sid_column()
     keep = np.isfinite(job.values) & (job.ts >= cutoff_ms)
     sid_col, ts, vals = sid_col[keep], job.ts[keep], job.values[keep]
     if ts.shape[0] == 0:

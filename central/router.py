@@ -150,6 +150,7 @@ class Job:
     ends: list[int]
     ts: I64
     table: SeriesTable
+    grouping: Grouping
     values: F64 | None = None
     lines: list[bytes] | None = None
     now_ms: int = 0
@@ -159,6 +160,11 @@ class Job:
     @property
     def labels(self) -> dict[int, dict[str, str]]:
         return self.table.labels
+
+    def sid_column(self) -> I64:
+        """The series id of every row (in the job's row order)."""
+        g = self.grouping
+        return np.repeat(g.sids, g.ends - g.starts)
 
     @property
     def rows(self) -> int:
@@ -184,12 +190,13 @@ class Job:
         """(device, site, first ts, last ts) of every device with rows in this batch."""
         if not self.sids:
             return []
-        codes = self.table.codes(np.asarray(self.sids, dtype=np.int64))
+        g = self.grouping
+        codes = self.table.codes(g.sids)
         has = codes >= 0
         if not bool(has.any()):
             return []
-        lo = self.ts[np.asarray(self.starts, dtype=np.int64)][has]
-        hi = self.ts[np.asarray(self.ends, dtype=np.int64) - 1][has]
+        lo = self.ts[g.starts][has]
+        hi = self.ts[g.ends - 1][has]
         codes = codes[has]
         uniq, inv = np.unique(codes, return_inverse=True)
         first = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
@@ -211,7 +218,8 @@ def make_job(node: NodeInfo, batch: Batch, cols: Columns,
     order = g.order
     job = Job(node=node, epoch=batch.epoch, seq=batch.seq, kind=batch.kind, sids=sids,
               starts=g.starts.tolist(), ends=g.ends.tolist(),
-              ts=cols.ts if order is None else cols.ts[order], table=table, now_ms=now_ms)
+              ts=cols.ts if order is None else cols.ts[order], table=table, grouping=g,
+              now_ms=now_ms)
     if cols.values is not None:
         job.values = cols.values if order is None else cols.values[order]
     if cols.lines is not None:

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
-import numpy as np
 import trio_asyncio
 
 from edge_node.wire import Batch
@@ -318,8 +317,7 @@ class PostgresStore:
         """(table, columns, records, expired) for this batch's time-series rows."""
         if job.kind != "heartbeats" and not keep_kind:
             return "", [], [], 0
-        counts = np.asarray(job.ends, dtype=np.int64) - np.asarray(job.starts, dtype=np.int64)
-        sids = np.repeat(np.asarray(job.sids, dtype=np.int64), counts).tolist()
+        sids = job.sid_column().tolist()
         tss = job.ts.tolist()
         org, nid = job.node.org, job.node.node_id
         keep = [t >= cutoff_ms for t in tss]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-import numpy as np
 import trio
 
 from edge_node.wire import Batch
@@ -250,8 +249,7 @@ class SQLiteStore:
     @staticmethod
     def _write_rows(conn: sqlite3.Connection, job: Job, keep_kind: bool) -> None:
         nid = job.node.node_id
-        counts = np.asarray(job.ends, dtype=np.int64) - np.asarray(job.starts, dtype=np.int64)
-        sids = np.repeat(np.asarray(job.sids, dtype=np.int64), counts).tolist()
+        sids = job.sid_column().tolist() if keep_kind or job.kind == "heartbeats" else []
         tss = job.ts.tolist()
         n = len(sids)
         if job.kind == "metrics" and keep_kind and job.values is not None:

@@ -83,7 +83,7 @@ def encode_import(job: Job, cutoff_ms: int, prefixes: dict[int, bytes] | None = 
     keep = finite & recent
     expired = int((~recent).sum())
     nonfinite = int((~finite & recent).sum())
-    sids, starts_a = np.asarray(job.sids, dtype=np.int64), np.asarray(job.starts, dtype=np.int64)
+    sids, starts_a = job.grouping.sids, job.grouping.starts
     ts, vals = job.ts, job.values
     if not bool(keep.all()):
         counts = np.add.reduceat(keep.astype(np.int64), starts_a) if len(sids) else starts_a

@@ -314,3 +314,31 @@ async def test_run_refuses_an_outdated_schema(backends: Backends) -> None:
     assert m.returncode == 0 and "0001_initial.sql" in m.stdout
     again = await trio.to_thread.run_sync(cli, env, "migrate")
     assert "schema is up to date" in again.stdout
+
+
+async def test_two_central_instances_share_the_work_and_apply_each_batch_once(
+        backends: Backends, tmp_path: Path) -> None:
+    """Central is stateless between requests: behind a load balancer, a batch retried against
+    another instance (or sent to both at once) is applied exactly once."""
+    async with central_on(backends, tmp_path) as a, trio.open_nursery() as nursery:
+        other = build_pipeline(Settings.from_env(a.env), tmp_path / "unused-b")
+        handle = await nursery.start(partial(run_central, other, "127.0.0.1:0", graceful_s=1))
+        b = Running(handle.url, a.key, a.node, a.org, a.env, other, a.loki)
+        answers: list[str] = []
+
+        async def send(run: Running, body: bytes) -> None:
+            r = await run.post(body)
+            assert r.status_code == 200, r.text
+            answers.append(r.json()["status"])
+
+        for seq in range(1, 6):
+            body = metrics_batch(a.node, seq, base=NOW - seq * 120_000)
+            async with trio.open_nursery() as race:
+                race.start_soon(send, a, body)
+                race.start_soon(send, b, body)
+        assert sorted(answers) == ["applied"] * 5 + ["duplicate"] * 5
+        values = await trio.to_thread.run_sync(vm_values, a.env["VICTORIA_METRICS_URL"],
+                                               f'{{node="{a.node}"}}')
+        assert len(values) == 25
+        assert psql(a.env["DATABASE_URL"], "SELECT count(*) FROM applied") == [["5"]]
+        handle.stop()
