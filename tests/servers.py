@@ -254,3 +254,33 @@ def _has_user(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def main() -> None:
+    """Start all four servers; print their environment as ``export`` lines; stop them on
+    SIGINT/SIGTERM. For trying central with every backend on one machine (see the README)."""
+    import sys
+
+    started: list[Server] = []
+    try:
+        pg = start_postgres()
+        started.append(pg)
+        url = create_database(pg, "fleetd")
+        vm = start_victoria_metrics()
+        started.append(vm)
+        ch = start_clickhouse()
+        started.append(ch)
+        rd = start_redis()
+        started.append(rd)
+        print(f"export DATABASE_URL={url}\nexport VICTORIA_METRICS_URL={vm.url}\n"
+              f"export CLICKHOUSE_URL={ch.url}\nexport VALKEY_ADDR={rd.url}", flush=True)
+        print("backend servers running; Ctrl-C (or SIGTERM) stops them", file=sys.stderr)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        for s in reversed(started):
+            s.stop()
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    main()
