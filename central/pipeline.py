@@ -159,8 +159,6 @@ class Pipeline:
         async with trio.open_nursery() as nursery:
             for sink in todo:
                 nursery.start_soon(run, sink)
-        for name, n in job.expired.items():
-            self.m_expired.inc(n, name)
         if errors:
             rejected = [e for e in errors if isinstance(e, SinkRejected)]
             raise rejected[0] if rejected else errors[0]
@@ -168,6 +166,9 @@ class Pipeline:
         applied = await self.state.commit(job, pending, batch.kind not in self.external_kinds,
                                           batch.low_watermark)
         self.m_commit.observe(time.perf_counter() - t0)
+        if applied:  # counted once, for the attempt that went through
+            for name, n in job.expired.items():
+                self.m_expired.inc(n, name)
         if applied and self.fast is not None:
             try:
                 await self.fast.mark_applied(node, batch)

@@ -160,7 +160,10 @@ class ClickHouseSink:
         return await is_up(self.client, self.url + "ping")
 
     async def write(self, job: Job) -> None:
-        rows = rollup_rows(job, job.cutoff(self.retention_days))
+        cutoff = job.cutoff(self.retention_days)
+        if cutoff and (expired := int((job.ts < cutoff).sum())):
+            job.expired[self.name] = expired
+        rows = rollup_rows(job, cutoff)
         if not rows:
             return
         params: dict[str, str] = {}
