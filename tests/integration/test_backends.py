@@ -192,6 +192,8 @@ async def test_each_kind_lands_in_its_backend_and_a_retry_changes_nothing(
             assert (r.status_code, r.json()) == (200, {"status": "duplicate", "seq": seq})
         assert await trio.to_thread.run_sync(_state, run) == before
         assert run.loki.pushes == 1
+        # answered from the Valkey marks, without a PostgreSQL lookup
+        assert "fleet_central_fast_dedup_hits_total 3" in run.pipeline.registry.render()
 
 
 async def test_partial_success_is_not_duplicated_on_retry(backends: Backends,
@@ -314,6 +316,17 @@ async def test_run_refuses_an_outdated_schema(backends: Backends) -> None:
     assert m.returncode == 0 and "0001_initial.sql" in m.stdout
     again = await trio.to_thread.run_sync(cli, env, "migrate")
     assert "schema is up to date" in again.stdout
+    # node management against PostgreSQL
+    added = await trio.to_thread.run_sync(cli, env, "nodes", "add", "gw-9", "--org", "o9",
+                                          "--site", "s9")
+    assert added.returncode == 0 and added.stdout.strip().splitlines()[-1].startswith("fle_")
+    dup = await trio.to_thread.run_sync(cli, env, "nodes", "add", "gw-9")
+    assert dup.returncode == 1 and "already exists" in dup.stderr
+    assert (await trio.to_thread.run_sync(cli, env, "nodes", "revoke", "gw-9")).returncode == 0
+    listed = json.loads((await trio.to_thread.run_sync(cli, env, "nodes", "list", "--json")
+                         ).stdout)
+    assert [(n["node_id"], n["org"], n["site"], n["revoked_ms"] is not None)
+            for n in listed] == [("gw-9", "o9", "s9", True)]
 
 
 async def test_two_central_instances_share_the_work_and_apply_each_batch_once(
