@@ -1,7 +1,9 @@
-"""Raw metrics to VictoriaMetrics through its JSON-lines import API.
+"""Raw metrics to VictoriaMetrics through its import APIs.
 
 ``/api/v1/import`` takes one series per line with arrays of values and timestamps, which is the
-shape a columnar batch already has: one line per series, no per-sample text. Works with a
+shape a columnar batch already has: one line per series, no per-sample text. A live batch holds
+one sample per series; it goes to ``/api/v1/import/prometheus`` as text lines instead, which
+central builds with two pieces per series instead of five (see :func:`encode_text`). Works with a
 single-node server (``VICTORIA_METRICS_URL=http://vm:8428``) and with a cluster's vminsert
 (``http://vminsert:8480/insert/<accountID>/prometheus/``).
 
@@ -18,6 +20,7 @@ has no representation for ±Inf there: non-finite values are not sent, they are 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -112,6 +115,77 @@ def encode_import(job: Job, cutoff_ms: int, prefixes: dict[int, bytes] | None = 
     return chunks, int(ts.shape[0]), expired, nonfinite
 
 
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def text_head(labels: dict[str, str]) -> bytes | None:
+    """A newline, ``name{k="v",...}`` and a space: the head of a Prometheus text line; ``None``
+    when a name is not valid there (the batch then goes as JSON lines, which take any label)."""
+    name = labels.get("__name__", "")
+    if not _METRIC_NAME.match(name):
+        return None
+    pairs = []
+    for k, v in labels.items():
+        if k == "__name__":
+            continue
+        if not _LABEL_NAME.match(k):
+            return None
+        esc = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        pairs.append(f'{k}="{esc}"')
+    return f"\n{name}{{{','.join(pairs)}}} ".encode()
+
+
+def encode_text(job: Job, cutoff_ms: int, heads: dict[int, bytes | None] | None = None
+                ) -> tuple[list[bytes], int, int, int] | None:
+    """Prometheus text lines (``name{labels} value ts``) for a batch holding at most one sample
+    per series, the shape of live batches; ``None`` when it does not fit (then use
+    :func:`encode_import`). Two pieces per series instead of five: values and timestamps are
+    encoded interleaved in one C call and turned into ``"v ts"`` tails by rewriting the
+    separators in place."""
+    assert job.values is not None
+    g = job.grouping
+    if job.rows != int(g.sids.shape[0]):
+        return None  # some series has several samples: JSON lines carry them more compactly
+    cache = heads if heads is not None else {}
+    sid_list = g.sids.tolist()
+    if not all(map(cache.__contains__, sid_list)):
+        for sid in set(sid_list).difference(cache):
+            cache[sid] = text_head(job.labels[sid])
+    head_list = list(map(cache.__getitem__, sid_list))
+    if None in head_list:
+        return None
+    finite = np.isfinite(job.values)
+    recent = job.ts >= cutoff_ms
+    keep = finite & recent
+    expired = int((~recent).sum())
+    nonfinite = int((~finite & recent).sum())
+    vals, ts = job.values, job.ts
+    if not bool(keep.all()):
+        vals, ts = vals[keep], ts[keep]
+        head_list = [h for h, k in zip(head_list, keep.tolist(), strict=True) if k]
+    n = len(head_list)
+    if n == 0:
+        return [], 0, expired, nonfinite
+    mixed: list[float | int] = [0] * (2 * n)
+    mixed[0::2] = vals.tolist()
+    mixed[1::2] = ts.tolist()
+    text = bytearray(_encoder.encode(mixed)[1:-1])
+    raw = np.frombuffer(text, dtype=np.uint8)
+    commas = np.flatnonzero(raw == 44)
+    arr = np.frombuffer(text, dtype=np.uint8).copy()
+    arr[commas[0::2]] = 32  # value<space>timestamp
+    arr[commas[1::2]] = 10  # one sample per line
+    tails = arr.tobytes().split(b"\n")
+    parts: list[bytes] = [b""] * (2 * n)
+    parts[0::2] = head_list  # type: ignore[assignment]
+    parts[1::2] = tails
+    step = 2 * CHUNK_SERIES
+    chunks = [b"".join(parts[i:i + step]) for i in range(0, len(parts), step)]
+    chunks[-1] += b"\n"
+    return chunks, n, expired, nonfinite
+
+
 class VictoriaMetricsSink:
     name = "victoria-metrics"
     kinds = frozenset({"metrics"})
@@ -120,14 +194,17 @@ class VictoriaMetricsSink:
     def __init__(self, url: str, *, retention_days: int = 0, timeout_s: float = 15.0,
                  retry_after_s: int = 5) -> None:
         self.url = import_url(url)
+        self.text_url = self.url + "/prometheus"
         self.root = origin(url)
         self.retention_days = retention_days
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self.client = new_client(timeout_s)
         self.nonfinite = 0
-        # (node, org, site, epoch) -> sid -> line prefix; reset past ~4M series (memory bound)
+        # (node, org, site, epoch) -> sid -> line prefix (JSON) / head (text); reset past ~4M
+        # series (memory bound)
         self._prefixes: dict[tuple[str, str, str, str], dict[int, bytes]] = {}
+        self._heads: dict[tuple[str, str, str, str], dict[int, bytes | None]] = {}
         self._cached = 0
 
     async def open(self) -> None:
@@ -153,16 +230,24 @@ class VictoriaMetricsSink:
 
     async def write(self, job: Job) -> None:
         key = (job.node.node_id, job.node.org, job.node.site, job.epoch)
-        prefixes = self._prefixes.get(key)
-        if prefixes is None:
-            if self._cached > 4_000_000:
-                self._prefixes.clear()
-                self._cached = 0
-            prefixes = self._prefixes[key] = {}
-        before = len(prefixes)
-        body, n, expired, nonfinite = encode_import(job, job.cutoff(self.retention_days),
-                                                    prefixes)
-        self._cached += len(prefixes) - before
+        if self._cached > 4_000_000:
+            self._prefixes.clear()
+            self._heads.clear()
+            self._cached = 0
+        cutoff = job.cutoff(self.retention_days)
+        heads = self._heads.setdefault(key, {})
+        before = len(heads)
+        text = encode_text(job, cutoff, heads)
+        self._cached += len(heads) - before
+        if text is not None:
+            body, n, expired, nonfinite = text
+            url, ctype = self.text_url, "text/plain"
+        else:
+            prefixes = self._prefixes.setdefault(key, {})
+            before = len(prefixes)
+            body, n, expired, nonfinite = encode_import(job, cutoff, prefixes)
+            self._cached += len(prefixes) - before
+            url, ctype = self.url, "application/json"
         if expired:
             job.expired[self.name] = expired
         if nonfinite:
@@ -176,7 +261,7 @@ class VictoriaMetricsSink:
             for chunk in body:
                 yield chunk
 
-        await request(self.client, self.name, "POST", self.url, content=stream(),
-                      headers={"Content-Type": "application/json",
+        await request(self.client, self.name, "POST", url, content=stream(),
+                      headers={"Content-Type": ctype,
                                "Content-Length": str(sum(map(len, body)))},
                       retry_after_s=self.retry_after_s)

@@ -355,3 +355,28 @@ async def test_two_central_instances_share_the_work_and_apply_each_batch_once(
         assert len(values) == 25
         assert psql(a.env["DATABASE_URL"], "SELECT count(*) FROM applied") == [["5"]]
         handle.stop()
+
+
+async def test_live_batches_travel_as_text_and_arrive_intact(backends: Backends,
+                                                             tmp_path: Path) -> None:
+    """One sample per series (a live batch) goes to VictoriaMetrics' text import: names, escaped
+    label values, values and timestamps arrive exactly; a retry after a lost mark stays single."""
+    defs = [(1, {"__name__": "temp_c", "device": 'quote"back\\slash'}),
+            (2, {"__name__": "temp_c", "device": "line\nbreak", "unit": "°C"}),
+            (3, {"__name__": "fan_rpm", "device": "d3"})]
+    cols = Columns("metrics", np.array([1, 2, 3], dtype=np.int64),
+                   np.array([NOW, NOW + 1, NOW + 2], dtype=np.int64),
+                   np.array([-1.25, 1e-7, 1234567.125]))
+    async with central_on(backends, tmp_path) as run:
+        body = encode_batch(Batch(run.node, 1, "metrics", encode_segment(cols), 3, epoch="e1",
+                                  series_defs=defs))
+        assert (await run.post(body)).json()["status"] == "applied"
+        got = {(s["metric"]["__name__"], s["metric"]["device"], s["metric"].get("unit")):
+               (s["values"], s["timestamps"]) for s in _vm(run)}
+        assert got == {("temp_c", 'quote"back\\slash', None): ([-1.25], [NOW]),
+                       ("temp_c", "line\nbreak", "°C"): ([1e-7], [NOW + 1]),
+                       ("fan_rpm", "d3", None): ([1234567.125], [NOW + 2])}
+        await trio.to_thread.run_sync(psql, run.env["DATABASE_URL"], "DELETE FROM applied")
+        redis_cli(run.env["VALKEY_ADDR"], "DEL", f"fleetd:applied:{run.node}:e1")
+        assert (await run.post(body)).json()["status"] == "applied"  # written again...
+        assert sum(len(s["values"]) for s in _vm(run)) == 3  # ...and still once

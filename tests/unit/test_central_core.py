@@ -22,7 +22,7 @@ from central.sinks.postgres import migrations as pg_migrations
 from central.sinks.postgres import partition_name
 from central.sinks.postgres import render as pg_render
 from central.sinks.valkey import update_args
-from central.sinks.victoriametrics import encode_import, import_url
+from central.sinks.victoriametrics import encode_import, encode_text, import_url
 from edge_node.wire import Batch, Columns
 
 NODE = NodeInfo("gw-1", "acme", 0, site="plant-7")
@@ -133,6 +133,20 @@ def test_import_body_is_the_same_however_it_is_chunked(monkeypatch: pytest.Monke
     chunks = encode_import(job, 0)[0]
     assert len(chunks) == 3 and b"".join(chunks) == whole
     assert [json.loads(c)["values"] for c in chunks] == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]]
+
+
+def test_live_batches_become_text_lines_with_escaped_labels() -> None:
+    labels = {1: {"__name__": "temp_c", "device": 'a"b\\c\nd'}, 2: {"__name__": "up"}}
+    job = _job([2, 1], [7, 5], [1.5, -2.0], labels=labels, now=10)
+    chunks, n, expired, nonfinite = encode_text(job, 0)  # type: ignore[misc]
+    assert b"".join(chunks) == (b'\ntemp_c{device="a\\"b\\\\c\\nd",org="acme",node="gw-1",'
+                                b'site="plant-7"} -2.0 5\nup{org="acme",node="gw-1",'
+                                b'site="plant-7"} 1.5 7\n')
+    assert (n, expired, nonfinite) == (2, 0, 0)
+    # several samples of one series, or a name the text format cannot carry: JSON lines
+    assert encode_text(_job([1, 1], [1, 2], [1.0, 2.0]), 0) is None
+    odd = {1: {"__name__": "x", "dotted.name": "v"}}
+    assert encode_text(_job([1], [1], [1.0], labels=odd), 0) is None
 
 
 def test_loki_streams_keep_few_labels_and_put_the_rest_in_metadata() -> None:
