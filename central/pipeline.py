@@ -69,6 +69,9 @@ class Pipeline:
         self.m_expired = registry.counter(
             "expired_rows_total", "Rows older than a backend's retention, not sent to it.",
             ("sink",))
+        self.m_unrepresentable = registry.counter(
+            "unrepresentable_rows_total", "Rows a backend cannot represent (NaN/±Inf for "
+            "VictoriaMetrics' import), not sent to it.", ("sink",))
         self.m_skipped = registry.counter(
             "sink_skipped_total", "Sink writes skipped on a retry because the sink already "
             "took the batch.", ("sink",))
@@ -169,6 +172,8 @@ class Pipeline:
         if applied:  # counted once, for the attempt that went through
             for name, n in job.expired.items():
                 self.m_expired.inc(n, name)
+            for name, n in job.unrepresentable.items():
+                self.m_unrepresentable.inc(n, name)
         if applied and self.fast is not None:
             try:
                 await self.fast.mark_applied(node, batch)

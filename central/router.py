@@ -101,6 +101,8 @@ class LabelCache:
                 self._by_key.clear()
                 self.size = 0
             table = self._by_key[key] = SeriesTable()
+        if all(map(table.labels.__contains__, sids)):
+            return table
         missing = set(sids).difference(table.labels)
         for sid in sorted(missing):
             table.add(sid, trusted_labels(node, raw[sid]))
@@ -156,6 +158,8 @@ class Job:
     now_ms: int = 0
     #: rows each sink skipped because they are older than its retention, by sink name
     expired: dict[str, int] = field(default_factory=dict)
+    #: rows a sink cannot represent (NaN/±Inf for VictoriaMetrics' import), by sink name
+    unrepresentable: dict[str, int] = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[int, dict[str, str]]:

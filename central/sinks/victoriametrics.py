@@ -170,10 +170,8 @@ def encode_text(job: Job, cutoff_ms: int, heads: dict[int, bytes | None] | None 
     mixed: list[float | int] = [0] * (2 * n)
     mixed[0::2] = vals.tolist()
     mixed[1::2] = ts.tolist()
-    text = bytearray(_encoder.encode(mixed)[1:-1])
-    raw = np.frombuffer(text, dtype=np.uint8)
-    commas = np.flatnonzero(raw == 44)
-    arr = np.frombuffer(text, dtype=np.uint8).copy()
+    arr = np.frombuffer(_encoder.encode(mixed), dtype=np.uint8)[1:-1].copy()
+    commas = np.flatnonzero(arr == 44)
     arr[commas[0::2]] = 32  # value<space>timestamp
     arr[commas[1::2]] = 10  # one sample per line
     tails = arr.tobytes().split(b"\n")
@@ -200,7 +198,6 @@ class VictoriaMetricsSink:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self.client = new_client(timeout_s)
-        self.nonfinite = 0
         # (node, org, site, epoch) -> sid -> line prefix (JSON) / head (text); reset past ~4M
         # series (memory bound)
         self._prefixes: dict[tuple[str, str, str, str], dict[int, bytes]] = {}
@@ -251,7 +248,7 @@ class VictoriaMetricsSink:
         if expired:
             job.expired[self.name] = expired
         if nonfinite:
-            self.nonfinite += nonfinite
+            job.unrepresentable[self.name] = nonfinite
             log.warning("%d non-finite samples (NaN/±Inf) of node %s not sent to "
                         "VictoriaMetrics (its JSON import has no representation for them)",
                         nonfinite, job.node.node_id)

@@ -363,14 +363,17 @@ async def test_live_batches_travel_as_text_and_arrive_intact(backends: Backends,
     label values, values and timestamps arrive exactly; a retry after a lost mark stays single."""
     defs = [(1, {"__name__": "temp_c", "device": 'quote"back\\slash'}),
             (2, {"__name__": "temp_c", "device": "line\nbreak", "unit": "°C"}),
-            (3, {"__name__": "fan_rpm", "device": "d3"})]
-    cols = Columns("metrics", np.array([1, 2, 3], dtype=np.int64),
-                   np.array([NOW, NOW + 1, NOW + 2], dtype=np.int64),
-                   np.array([-1.25, 1e-7, 1234567.125]))
+            (3, {"__name__": "fan_rpm", "device": "d3"}),
+            (4, {"__name__": "fan_rpm", "device": "d4"})]
+    cols = Columns("metrics", np.array([1, 2, 3, 4], dtype=np.int64),
+                   np.array([NOW, NOW + 1, NOW + 2, NOW + 3], dtype=np.int64),
+                   np.array([-1.25, 1e-7, 1234567.125, float("nan")]))
     async with central_on(backends, tmp_path) as run:
-        body = encode_batch(Batch(run.node, 1, "metrics", encode_segment(cols), 3, epoch="e1",
+        body = encode_batch(Batch(run.node, 1, "metrics", encode_segment(cols), 4, epoch="e1",
                                   series_defs=defs))
         assert (await run.post(body)).json()["status"] == "applied"
+        assert ('fleet_central_unrepresentable_rows_total{sink="victoria-metrics"} 1'
+                in run.pipeline.registry.render())  # the NaN: counted, not sent
         got = {(s["metric"]["__name__"], s["metric"]["device"], s["metric"].get("unit")):
                (s["values"], s["timestamps"]) for s in _vm(run)}
         assert got == {("temp_c", 'quote"back\\slash', None): ([-1.25], [NOW]),
