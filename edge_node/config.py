@@ -88,6 +88,12 @@ class IngestConfig:
         lambda v: v >= 16, "must be >= 16"))
     max_log_line_bytes: int = field(default=64 * 1024, metadata=_check(
         lambda v: v >= 64, "must be >= 64"))
+    # Which label names a device in protocols that have no device field (Prometheus text and
+    # remote write, Influx line protocol): the first one a series carries becomes its `device`.
+    device_labels: str = field(default="device,device_id,host,instance", metadata=_check(
+        lambda v: all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", x.strip())
+                      for x in v.split(",") if x.strip()),
+        "must be a comma-separated list of label names"))
 
 
 def _listen_ok(v: str) -> bool:
@@ -308,4 +314,7 @@ max_logs_per_request = 50000
 max_labels_per_series = 32
 max_label_value_length = 1024
 max_log_line_bytes = 65536
+# Prometheus text / Influx line protocol: the first of these labels a series carries names its
+# device (becomes its `device` label)
+device_labels = "device,device_id,host,instance"
 """

@@ -1,8 +1,10 @@
 """The HTTP app devices talk to.
 
-``POST /api/v1/ingest`` is served by a lean ASGI handler (the hot path: per-request cost in the
-full Quart request/response machinery was about a third of the CPU for small requests); every
-other route (``/healthz``, ``/metrics``) is a quart-trio app behind it.
+The ingest routes are served by a lean ASGI handler (the hot path: per-request cost in the full
+Quart request/response machinery was about a third of the CPU for small requests): the native
+``POST /api/v1/ingest``, Prometheus text ``POST /api/v1/import/prometheus``, and the Influx line
+protocol ``POST /write`` (v1) and ``POST /api/v2/write`` (v2). Every other route (``/healthz``,
+``/metrics``) is a quart-trio app behind it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import trio
@@ -20,6 +24,8 @@ from quart_trio import QuartTrio
 from .config import EdgeConfig
 from .errors import BufferError_, IngestError, PayloadTooLarge
 from .metrics import CONTENT_TYPE, Registry
+from .model import IngestBatch
+from .protocols import influx, prometheus_text
 from .protocols.decode import decompress
 from .protocols.native import NativeParser
 from .writer import BufferService
@@ -38,6 +44,10 @@ class _ClientGone(Exception):
     pass
 
 
+def _query(scope: Scope) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+
+
 class IngestHandler:
     """Reads, validates and durably commits one ingest request (raw ASGI)."""
 
@@ -45,6 +55,20 @@ class IngestHandler:
         self.cfg = cfg
         self.buffer = buffer
         self.parser = NativeParser(cfg.ingest)
+        # path -> (protocol name, parser of a decompressed body)
+        self.routes: dict[str, tuple[str, Callable[[bytes, str | None, Scope, int],
+                                                   IngestBatch]]] = {
+            "/api/v1/ingest": ("native", lambda raw, ctype, _, now:
+                               self.parser.parse_body(raw, ctype, now)),
+            "/api/v1/import/prometheus": ("prometheus_text", lambda raw, _, __, now:
+                                          prometheus_text.parse(raw, cfg.ingest, now)),
+            "/write": ("influx_v1", partial(self._influx, 1)),
+            "/api/v2/write": ("influx_v2", partial(self._influx, 2)),
+        }
+        self.m_protocol = registry.counter(
+            "protocol_samples_total", "Samples accepted, by ingest protocol.", ("protocol",))
+        self.m_strings = registry.counter(
+            "influx_string_fields_total", "Influx string fields skipped (not samples).")
         self.m_requests = registry.counter("ingest_requests_total",
                                            "Ingest requests by outcome.", ("status",))
         self.m_ingested = registry.counter("ingested_total", "Rows accepted from devices.",
@@ -79,6 +103,13 @@ class IngestHandler:
             if not msg.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def _influx(self, version: int, raw: bytes, _: str | None, scope: Scope, now: int
+                ) -> IngestBatch:
+        precision = _query(scope).get("precision", "ns")
+        batch, strings = influx.parse(raw, self.cfg.ingest, now, precision, version)
+        self.m_strings.inc(strings)
+        return batch
+
     async def _handle(self, scope: Scope, receive: Receive
                       ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         now = time.time_ns() // 1_000_000
@@ -95,16 +126,21 @@ class IngestHandler:
         try:
             body = await self._read(receive, lim.max_body_bytes, declared)
             raw = decompress(body, cenc, lim.max_decompressed_bytes)
-            batch = self.parser.parse_body(raw, ctype, now)
+            protocol, parse = self.routes[scope["path"]]
+            batch = parse(raw, ctype, scope, now)
         except IngestError as exc:
             self.m_requests.inc(1, str(exc.status))
             self.m_rejected.inc(1, type(exc).__name__)
             return exc.status, json.dumps(exc.to_json()).encode(), []
+        if not batch:  # e.g. Influx lines with only string fields: valid, nothing to store
+            self.m_requests.inc(1, "204")
+            return 204, b"", []
         try:
             await self.buffer.write(batch)
         except BufferError_ as exc:
             self.m_requests.inc(1, "503")
             return 503, json.dumps({"error": str(exc)}).encode(), [(b"retry-after", b"5")]
+        self.m_protocol.inc(batch.n_samples, protocol)
         self.m_ingested.inc(batch.n_samples, "metrics")
         self.m_ingested.inc(batch.n_logs, "logs")
         self.m_ingested.inc(batch.n_heartbeats, "heartbeats")
@@ -120,7 +156,7 @@ class EdgeApp:
         self.quart_app = quart_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/api/v1/ingest":
+        if scope["type"] == "http" and scope["path"] in self.ingest.routes:
             if scope["method"] == "POST":
                 await self.ingest(scope, receive, send)
                 return

@@ -81,3 +81,58 @@ def native_payloads(draw: st.DrawFn) -> object:
                   "heartbeat": st.one_of(st.booleans(), json_scalars),
                   "junk": json_values})
     return draw(st.one_of(obj, st.lists(obj, max_size=3), json_values))
+
+
+def _prom_escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@st.composite
+def prometheus_text_samples(draw: st.DrawFn, max_lines: int = 30
+                            ) -> tuple[bytes, list[tuple[str, dict[str, str], float, int]]]:
+    """A valid Prometheus text body and the samples it holds (name, labels, value, ts)."""
+    n = draw(st.integers(1, max_lines))
+    lines: list[str] = []
+    want = []
+    for _ in range(n):
+        name = draw(metric_names)
+        labels = draw(st.dictionaries(label_names, label_values, max_size=4))
+        value = draw(values)
+        ts = draw(st.integers(TS_MIN, TS_MAX))
+        inner = ",".join(f'{k}="{_prom_escape(v)}"' for k, v in labels.items())
+        lines.append(f"{name}{{{inner}}} {value!r} {ts}" if labels or draw(st.booleans())
+                     else f"{name} {value!r} {ts}")
+        want.append((name, labels, value, ts))
+    if draw(st.booleans()):
+        lines.insert(0, "# HELP x some help\n# TYPE x gauge")
+    return "\n".join(lines).encode(), want
+
+
+@st.composite
+def influx_lines(draw: st.DrawFn, max_lines: int = 20
+                 ) -> tuple[bytes, list[tuple[str, dict[str, str], float, int]]]:
+    """Valid line protocol (ns timestamps) and the samples it maps to."""
+    n = draw(st.integers(1, max_lines))
+    lines: list[str] = []
+    want = []
+    words = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
+    for _ in range(n):
+        meas = draw(words)
+        tags = draw(st.dictionaries(words, st.from_regex(r"[A-Za-z0-9 ,=._-]{1,10}",
+                                                         fullmatch=True), max_size=3))
+        fields = draw(st.dictionaries(words, st.one_of(
+            st.integers(-(2**53), 2**53).map(lambda i: (f"{i}i", float(i))),
+            st.floats(-1e12, 1e12, allow_nan=False).map(lambda f: (repr(f), f)),
+            st.sampled_from([("t", 1.0), ("FALSE", 0.0), ("true", 1.0)])), min_size=1,
+            max_size=3))
+        ts_ms = draw(st.integers(TS_MIN, TS_MAX))
+
+        def esc(s: str) -> str:
+            return s.replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+
+        head = ",".join([meas, *(f"{esc(k)}={esc(v)}" for k, v in tags.items())])
+        body = ",".join(f"{k}={text}" for k, (text, _) in fields.items())
+        lines.append(f"{head} {body} {ts_ms * 1_000_000}")
+        for k, (_, v) in fields.items():
+            want.append((f"{meas}_{k}", tags, v, ts_ms))
+    return "\n".join(lines).encode(), want

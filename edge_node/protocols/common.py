@@ -1,0 +1,89 @@
+"""What every ingest protocol shares (sans-IO): label checks, limits, device identity.
+
+A :class:`SeriesBuilder` turns a protocol's (name, labels) into the buffer's
+:data:`~edge_node.model.SeriesKey`, checking names and limits once per distinct label set
+within a request, and giving every series a ``device`` label from the first of the configured
+device-identity labels it carries (``ingest.device_labels``: ``device,device_id,host,instance``
+by default), so heartbeats, last-seen and per-device limits work whatever the protocol.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..config import IngestConfig
+from ..errors import BadRequest, PayloadTooLarge
+from ..model import DEVICE_LABEL, NAME_LABEL, IngestBatch, SeriesKey
+
+METRIC_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_INVALID = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+def sanitize_name(name: str) -> str:
+    """A metric name made valid the way Prometheus exporters do: other characters become ``_``,
+    and a leading digit gets a ``_`` in front."""
+    out = _INVALID.sub("_", name)
+    if not out or out[0].isdigit():
+        out = "_" + out
+    return out
+
+
+def sanitize_label(name: str) -> str:
+    return sanitize_name(name).replace(":", "_")
+
+
+def device_labels(cfg: IngestConfig) -> tuple[str, ...]:
+    return tuple(x.strip() for x in cfg.device_labels.split(",") if x.strip())
+
+
+class SeriesBuilder:
+    """Builds series keys for one request and enforces the per-request limits."""
+
+    def __init__(self, cfg: IngestConfig) -> None:
+        self.cfg = cfg
+        self.identity = device_labels(cfg)
+        self._keys: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesKey] = {}
+
+    def key(self, name: str, labels: tuple[tuple[str, str], ...], where: str) -> SeriesKey:
+        """The series key of ``name{labels}``; raises naming ``where`` if anything is invalid."""
+        cache_key = (name, labels)
+        got = self._keys.get(cache_key)
+        if got is not None:
+            return got
+        if not METRIC_RE.match(name):
+            raise BadRequest(f"invalid metric name {name!r}", field=where)
+        if len(labels) > self.cfg.max_labels_per_series:
+            raise BadRequest(f"{len(labels)} labels, more than the limit of "
+                             f"{self.cfg.max_labels_per_series}", field=where)
+        out = {NAME_LABEL: name}
+        for k, v in labels:
+            if not LABEL_RE.match(k) or k == NAME_LABEL:
+                raise BadRequest(f"invalid label name {k!r}", field=where)
+            if len(v) > self.cfg.max_label_value_length:
+                raise BadRequest(f"label {k!r} is longer than "
+                                 f"{self.cfg.max_label_value_length} characters", field=where)
+            if k in out:
+                raise BadRequest(f"label {k!r} appears twice", field=where)
+            out[k] = v
+        if DEVICE_LABEL not in out:
+            for k in self.identity:
+                if out.get(k):
+                    out[DEVICE_LABEL] = out[k]
+                    break
+        key = tuple(sorted(out.items()))
+        self._keys[cache_key] = key
+        return key
+
+    def add(self, batch: IngestBatch, key: SeriesKey, ts_ms: int, value: float) -> None:
+        if len(batch.metric_values) >= self.cfg.max_samples_per_request:
+            raise PayloadTooLarge(f"more than {self.cfg.max_samples_per_request} samples in "
+                                  "one request", field="body")
+        batch.metric_keys.append(key)
+        batch.metric_ts.append(ts_ms)
+        batch.metric_values.append(value)
+
+    def finish(self, batch: IngestBatch) -> IngestBatch:
+        if not batch:
+            raise BadRequest("request carries no samples", field="body")
+        return batch

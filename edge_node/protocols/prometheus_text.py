@@ -1,0 +1,128 @@
+"""Prometheus text exposition format, as ``POST /api/v1/import/prometheus`` takes it (sans-IO).
+
+One sample per line::
+
+    # HELP and # TYPE lines and other comments are skipped
+    metric_name{label="value",other="a \\"quoted\\" \\\\ value\\n"} 12.5 1795839600000
+    metric_name 3
+
+The value is a float (``NaN``, ``+Inf``, ``-Inf`` included); the optional timestamp is Unix
+milliseconds (the receive time when absent). Label values use the format's escapes (``\\\\``,
+``\\"``, ``\\n``). Any malformed line refuses the whole request with a 400 naming the line.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from ..config import IngestConfig
+from ..errors import BadRequest
+from ..model import IngestBatch
+from .common import SeriesBuilder
+
+_SIMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]+(\S+)(?:[ \t]+(\S+))?[ \t]*\Z")
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r"[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*\"")
+_SPECIAL = {"nan": math.nan, "+inf": math.inf, "inf": math.inf, "-inf": -math.inf}
+_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+
+
+def parse_value(text: str, where: str) -> float:
+    special = _SPECIAL.get(text.lower())
+    if special is not None:
+        return special
+    try:
+        return float(text)
+    except ValueError:
+        raise BadRequest(f"value {text!r} is not a number", field=where) from None
+
+
+def parse_timestamp(text: str | None, now_ms: int, where: str) -> int:
+    if text is None:
+        return now_ms
+    if not text.lstrip("-").isdigit():
+        raise BadRequest(f"timestamp {text!r} is not an integer of milliseconds", field=where)
+    ts = int(text)
+    if ts < 0:
+        raise BadRequest(f"timestamp {ts} is negative", field=where)
+    return ts
+
+
+def _labels(line: str, pos: int, where: str) -> tuple[tuple[tuple[str, str], ...], int]:
+    """Parse ``{...}`` starting at ``line[pos] == "{"``; returns labels and the index after."""
+    out: list[tuple[str, str]] = []
+    pos += 1
+    n = len(line)
+    while True:
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos < n and line[pos] == "}":
+            return tuple(out), pos + 1
+        m = _LABEL.match(line, pos)
+        if m is None:
+            raise BadRequest("expected label=\"value\" or '}'", field=where)
+        key = m.group(1)
+        pos = m.end()
+        chars: list[str] = []
+        while True:
+            if pos >= n:
+                raise BadRequest(f"label {key!r}: unterminated value", field=where)
+            c = line[pos]
+            if c == '"':
+                pos += 1
+                break
+            if c == "\\":
+                if pos + 1 >= n or line[pos + 1] not in _ESCAPES:
+                    raise BadRequest(f"label {key!r}: invalid escape in value", field=where)
+                chars.append(_ESCAPES[line[pos + 1]])
+                pos += 2
+                continue
+            chars.append(c)
+            pos += 1
+        out.append((key, "".join(chars)))
+        while pos < n and line[pos] in " \t":
+            pos += 1
+        if pos < n and line[pos] == ",":
+            pos += 1
+            continue
+        if pos < n and line[pos] == "}":
+            return tuple(out), pos + 1
+        raise BadRequest("expected ',' or '}' after a label value", field=where)
+
+
+def parse(body: bytes, cfg: IngestConfig, now_ms: int) -> IngestBatch:
+    """Parse a whole (decompressed) request body; every line refers to its number."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
+    builder = SeriesBuilder(cfg)
+    out = IngestBatch()
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        where = f"line {lineno}"
+        m = _SIMPLE.match(line)
+        labels: tuple[tuple[str, str], ...]
+        if m is not None:
+            name, labels, value_s, ts_s = m.group(1), (), m.group(2), m.group(3)
+        else:
+            nm = _NAME.match(line)
+            if nm is None:
+                raise BadRequest("expected a metric name", field=where)
+            name = nm.group(0)
+            pos = nm.end()
+            while pos < len(line) and line[pos] in " \t":
+                pos += 1
+            if pos >= len(line) or line[pos] != "{":
+                raise BadRequest("expected a value after the metric name", field=where)
+            labels, pos = _labels(line, pos, where)
+            rest = line[pos:].split()
+            if not 1 <= len(rest) <= 2 or (pos < len(line) and line[pos] not in " \t"):
+                raise BadRequest("expected 'value [timestamp]' after the labels", field=where)
+            value_s, ts_s = rest[0], rest[1] if len(rest) == 2 else None
+        key = builder.key(name, tuple(sorted(labels)), where)
+        builder.add(out, key, parse_timestamp(ts_s, now_ms, where), parse_value(value_s, where))
+    return builder.finish(out)
