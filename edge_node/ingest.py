@@ -2,8 +2,9 @@
 
 The ingest routes are served by a lean ASGI handler (the hot path: per-request cost in the full
 Quart request/response machinery was about a third of the CPU for small requests): the native
-``POST /api/v1/ingest``, Prometheus text ``POST /api/v1/import/prometheus``, and the Influx line
-protocol ``POST /write`` (v1) and ``POST /api/v2/write`` (v2). Every other route (``/healthz``,
+``POST /api/v1/ingest``, Prometheus text ``POST /api/v1/import/prometheus``, Prometheus remote
+write ``POST /api/v1/write`` (protobuf + snappy), and the Influx line protocol ``POST /write``
+(v1) and ``POST /api/v2/write`` (v2). Every other route (``/healthz``,
 ``/metrics``) is a quart-trio app behind it.
 """
 
@@ -25,7 +26,7 @@ from .config import EdgeConfig
 from .errors import BufferError_, IngestError, PayloadTooLarge
 from .metrics import CONTENT_TYPE, Registry
 from .model import IngestBatch
-from .protocols import influx, prometheus_text
+from .protocols import influx, prometheus_text, remote_write
 from .protocols.decode import decompress
 from .protocols.native import NativeParser
 from .writer import BufferService
@@ -62,11 +63,15 @@ class IngestHandler:
                                self.parser.parse_body(raw, ctype, now)),
             "/api/v1/import/prometheus": ("prometheus_text", lambda raw, _, __, now:
                                           prometheus_text.parse(raw, cfg.ingest, now)),
+            "/api/v1/write": ("remote_write", self._remote_write),
             "/write": ("influx_v1", partial(self._influx, 1)),
             "/api/v2/write": ("influx_v2", partial(self._influx, 2)),
         }
         self.m_protocol = registry.counter(
             "protocol_samples_total", "Samples accepted, by ingest protocol.", ("protocol",))
+        self.m_histograms = registry.counter(
+            "remote_write_histograms_skipped_total",
+            "Native histograms in remote-write requests, skipped (no sample model yet).")
         self.m_strings = registry.counter(
             "influx_string_fields_total", "Influx string fields skipped (not samples).")
         self.m_requests = registry.counter("ingest_requests_total",
@@ -102,6 +107,11 @@ class IngestHandler:
             chunks.append(chunk)
             if not msg.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _remote_write(self, raw: bytes, _: str | None, __: Scope, now: int) -> IngestBatch:
+        batch, histograms = remote_write.parse(raw, self.cfg.ingest, now)
+        self.m_histograms.inc(histograms)
+        return batch
 
     def _influx(self, version: int, raw: bytes, _: str | None, scope: Scope, now: int
                 ) -> IngestBatch:

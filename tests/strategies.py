@@ -136,3 +136,49 @@ def influx_lines(draw: st.DrawFn, max_lines: int = 20
         for k, (_, v) in fields.items():
             want.append((f"{meas}_{k}", tags, v, ts_ms))
     return "\n".join(lines).encode(), want
+
+
+def _pb_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _pb_len(field: int, payload: bytes) -> bytes:
+    return _pb_varint(field << 3 | 2) + _pb_varint(len(payload)) + payload
+
+
+def encode_write_request(series: list[tuple[dict[str, str], list[tuple[float, int]]]]) -> bytes:
+    """A Prometheus remote-write ``WriteRequest`` (protobuf, uncompressed), written by hand
+    from the proto definition, independent of the decoder under test."""
+    import struct
+
+    out = b""
+    for labels, samples in series:
+        ts_msg = b"".join(_pb_len(1, _pb_len(1, k.encode()) + _pb_len(2, v.encode()))
+                          for k, v in labels.items())
+        for value, ts in samples:
+            sample = b"\x09" + struct.pack("<d", value) + b"\x10" + _pb_varint(ts)
+            ts_msg += _pb_len(2, sample)
+        out += _pb_len(1, ts_msg)
+    return out
+
+
+@st.composite
+def write_requests(draw: st.DrawFn, max_series: int = 10
+                   ) -> list[tuple[dict[str, str], list[tuple[float, int]]]]:
+    out = []
+    for _ in range(draw(st.integers(1, max_series))):
+        labels = {"__name__": draw(metric_names),
+                  **draw(st.dictionaries(label_names, label_values.filter(bool), max_size=4))}
+        samples = draw(st.lists(st.tuples(values, st.integers(TS_MIN, TS_MAX)), min_size=1,
+                                max_size=5))
+        out.append((labels, samples))
+    return out

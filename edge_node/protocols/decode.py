@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import zlib
 
+import cramjam
 import zstandard
 
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMedia
@@ -57,5 +58,28 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         if not d.eof:
             raise BadRequest(f"{enc} body is truncated", field="Content-Encoding")
         return out
+    if enc == "snappy":
+        return snappy_block(body, limit)
     raise UnsupportedMedia(f"Content-Encoding {encoding!r} is not supported "
-                           "(use identity, zstd, gzip or deflate)", field="Content-Encoding")
+                           "(use identity, zstd, gzip, deflate or snappy)",
+                           field="Content-Encoding")
+
+
+def snappy_block(body: bytes, limit: int) -> bytes:
+    """Undo snappy block compression (Prometheus remote write), refusing a bomb up front: the
+    block starts with its uncompressed length, checked against ``limit`` before inflating."""
+    size = shift = 0
+    for byte in body[:10]:
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        raise BadRequest("body is not valid snappy: bad length header", field="Content-Encoding")
+    if size > limit:
+        raise PayloadTooLarge(f"decompressed body would be {size} bytes, more than {limit}",
+                              field="body")
+    try:
+        return bytes(cramjam.snappy.decompress_raw(body))
+    except cramjam.DecompressionError as exc:
+        raise BadRequest(f"body is not valid snappy: {exc}", field="Content-Encoding") from None
