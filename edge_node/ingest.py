@@ -3,8 +3,9 @@
 The ingest routes are served by a lean ASGI handler (the hot path: per-request cost in the full
 Quart request/response machinery was about a third of the CPU for small requests): the native
 ``POST /api/v1/ingest``, Prometheus text ``POST /api/v1/import/prometheus``, Prometheus remote
-write ``POST /api/v1/write`` (protobuf + snappy), and the Influx line protocol ``POST /write``
-(v1) and ``POST /api/v2/write`` (v2). Every other route (``/healthz``,
+write ``POST /api/v1/write`` (protobuf + snappy), Loki push ``POST /loki/api/v1/push`` (JSON,
+or protobuf + snappy), and the Influx line protocol ``POST /write`` (v1) and
+``POST /api/v2/write`` (v2). Every other route (``/healthz``,
 ``/metrics``) is a quart-trio app behind it.
 """
 
@@ -26,8 +27,8 @@ from .config import EdgeConfig
 from .errors import BufferError_, IngestError, PayloadTooLarge
 from .metrics import CONTENT_TYPE, Registry
 from .model import IngestBatch
-from .protocols import influx, prometheus_text, remote_write
-from .protocols.decode import decompress
+from .protocols import influx, loki_push, prometheus_text, remote_write
+from .protocols.decode import decompress, snappy_block
 from .protocols.native import NativeParser
 from .writer import BufferService
 
@@ -64,11 +65,13 @@ class IngestHandler:
             "/api/v1/import/prometheus": ("prometheus_text", lambda raw, _, __, now:
                                           prometheus_text.parse(raw, cfg.ingest, now)),
             "/api/v1/write": ("remote_write", self._remote_write),
+            "/loki/api/v1/push": ("loki", self._loki),
             "/write": ("influx_v1", partial(self._influx, 1)),
             "/api/v2/write": ("influx_v2", partial(self._influx, 2)),
         }
         self.m_protocol = registry.counter(
-            "protocol_samples_total", "Samples accepted, by ingest protocol.", ("protocol",))
+            "protocol_rows_total", "Samples and log lines accepted, by ingest protocol.",
+            ("protocol",))
         self.m_histograms = registry.counter(
             "remote_write_histograms_skipped_total",
             "Native histograms in remote-write requests, skipped (no sample model yet).")
@@ -113,6 +116,13 @@ class IngestHandler:
         self.m_histograms.inc(histograms)
         return batch
 
+    def _loki(self, raw: bytes, ctype: str | None, scope: Scope, now: int) -> IngestBatch:
+        proto = (ctype or "").split(";", 1)[0].strip().lower() in loki_push.PROTO_TYPES
+        if proto and not any(k == b"content-encoding" for k, _ in scope["headers"]):
+            # Loki's protobuf pushes are snappy-compressed without saying so in a header
+            raw = snappy_block(raw, self.cfg.ingest.max_decompressed_bytes)
+        return loki_push.parse(raw, ctype, self.cfg.ingest, now)
+
     def _influx(self, version: int, raw: bytes, _: str | None, scope: Scope, now: int
                 ) -> IngestBatch:
         precision = _query(scope).get("precision", "ns")
@@ -150,7 +160,7 @@ class IngestHandler:
         except BufferError_ as exc:
             self.m_requests.inc(1, "503")
             return 503, json.dumps({"error": str(exc)}).encode(), [(b"retry-after", b"5")]
-        self.m_protocol.inc(batch.n_samples, protocol)
+        self.m_protocol.inc(batch.n_samples + batch.n_logs, protocol)
         self.m_ingested.inc(batch.n_samples, "metrics")
         self.m_ingested.inc(batch.n_logs, "logs")
         self.m_ingested.inc(batch.n_heartbeats, "heartbeats")

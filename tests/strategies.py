@@ -182,3 +182,21 @@ def write_requests(draw: st.DrawFn, max_series: int = 10
                                 max_size=5))
         out.append((labels, samples))
     return out
+
+
+def encode_push_request(streams: list[tuple[str, list[tuple[int, str, dict[str, str]]]]]
+                        ) -> bytes:
+    """A Loki ``PushRequest`` (protobuf, uncompressed) written by hand from logproto: each
+    stream is (labels text like '{a="b"}', [(ts ns, line, structured metadata)])."""
+    out = b""
+    for labels, entries in streams:
+        msg = _pb_len(1, labels.encode())
+        for ts_ns, line, meta in entries:
+            stamp = (b"\x08" + _pb_varint(ts_ns // 1_000_000_000) + b"\x10"
+                     + _pb_varint(ts_ns % 1_000_000_000))
+            entry = _pb_len(1, stamp) + _pb_len(2, line.encode())
+            for k, v in meta.items():
+                entry += _pb_len(3, _pb_len(1, k.encode()) + _pb_len(2, v.encode()))
+            msg += _pb_len(2, entry)
+        out += _pb_len(1, msg)
+    return out

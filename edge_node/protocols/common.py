@@ -53,10 +53,23 @@ class SeriesBuilder:
             return got
         if not METRIC_RE.match(name):
             raise BadRequest(f"invalid metric name {name!r}", field=where)
+        key = self._build({NAME_LABEL: name}, labels, where)
+        self._keys[cache_key] = key
+        return key
+
+    def stream_key(self, labels: tuple[tuple[str, str], ...], where: str) -> SeriesKey:
+        """The key of a log stream (no metric name) with ``labels``."""
+        cache_key = ("", labels)
+        got = self._keys.get(cache_key)
+        if got is None:
+            got = self._keys[cache_key] = self._build({}, labels, where)
+        return got
+
+    def _build(self, out: dict[str, str], labels: tuple[tuple[str, str], ...], where: str
+               ) -> SeriesKey:
         if len(labels) > self.cfg.max_labels_per_series:
             raise BadRequest(f"{len(labels)} labels, more than the limit of "
                              f"{self.cfg.max_labels_per_series}", field=where)
-        out = {NAME_LABEL: name}
         for k, v in labels:
             if not LABEL_RE.match(k) or k == NAME_LABEL:
                 raise BadRequest(f"invalid label name {k!r}", field=where)
@@ -71,9 +84,7 @@ class SeriesBuilder:
                 if out.get(k):
                     out[DEVICE_LABEL] = out[k]
                     break
-        key = tuple(sorted(out.items()))
-        self._keys[cache_key] = key
-        return key
+        return tuple(sorted(out.items()))
 
     def add(self, batch: IngestBatch, key: SeriesKey, ts_ms: int, value: float) -> None:
         if len(batch.metric_values) >= self.cfg.max_samples_per_request:
@@ -83,7 +94,19 @@ class SeriesBuilder:
         batch.metric_ts.append(ts_ms)
         batch.metric_values.append(value)
 
+    def add_log(self, batch: IngestBatch, key: SeriesKey, ts_ms: int, line: bytes,
+                where: str) -> None:
+        if len(batch.log_lines) >= self.cfg.max_logs_per_request:
+            raise PayloadTooLarge(f"more than {self.cfg.max_logs_per_request} log lines in "
+                                  "one request", field="body")
+        if len(line) > self.cfg.max_log_line_bytes:
+            raise PayloadTooLarge(f"log line longer than {self.cfg.max_log_line_bytes} bytes",
+                                  field=where)
+        batch.log_keys.append(key)
+        batch.log_ts.append(ts_ms)
+        batch.log_lines.append(line)
+
     def finish(self, batch: IngestBatch) -> IngestBatch:
         if not batch:
-            raise BadRequest("request carries no samples", field="body")
+            raise BadRequest("request carries no samples or log lines", field="body")
         return batch

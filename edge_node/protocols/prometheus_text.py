@@ -49,7 +49,7 @@ def parse_timestamp(text: str | None, now_ms: int, where: str) -> int:
     return ts
 
 
-def _labels(line: str, pos: int, where: str) -> tuple[tuple[tuple[str, str], ...], int]:
+def parse_label_set(line: str, pos: int, where: str) -> tuple[tuple[tuple[str, str], ...], int]:
     """Parse ``{...}`` starting at ``line[pos] == "{"``; returns labels and the index after."""
     out: list[tuple[str, str]] = []
     pos += 1
@@ -118,7 +118,7 @@ def parse(body: bytes, cfg: IngestConfig, now_ms: int) -> IngestBatch:
                 pos += 1
             if pos >= len(line) or line[pos] != "{":
                 raise BadRequest("expected a value after the metric name", field=where)
-            labels, pos = _labels(line, pos, where)
+            labels, pos = parse_label_set(line, pos, where)
             rest = line[pos:].split()
             if not 1 <= len(rest) <= 2 or (pos < len(line) and line[pos] not in " \t"):
                 raise BadRequest("expected 'value [timestamp]' after the labels", field=where)

@@ -53,6 +53,29 @@ async def test_prometheus_text_and_influx_reach_central(tmp_path: Path, central:
                              "device": "pi-1:9100"}, NOW, 3.0),
         ("node_temp_celsius", {"__name__": "node_temp_celsius", "instance": "pi-1:9100",
                                "zone": "cpu", "device": "pi-1:9100"}, NOW, 48.5)]
-    assert 'fleet_edge_protocol_samples_total{protocol="influx_v1"} 2' in metrics
-    assert 'fleet_edge_protocol_samples_total{protocol="prometheus_text"} 2' in metrics
+    assert 'fleet_edge_protocol_rows_total{protocol="influx_v1"} 2' in metrics
+    assert 'fleet_edge_protocol_rows_total{protocol="prometheus_text"} 2' in metrics
     assert "fleet_edge_influx_string_fields_total 1" in metrics
+
+
+async def test_loki_pushes_reach_central(tmp_path: Path, central: Central) -> None:
+    import cramjam
+
+    from tests.strategies import encode_push_request
+
+    ns = NOW * 1_000_000
+    async with open_edge_node(edge_config(tmp_path, central)) as node, httpx.AsyncClient() as c:
+        url = node.url + "/loki/api/v1/push"
+        r1 = await c.post(url, json={"streams": [{"stream": {"app": "pump", "device": "p-1"},
+                                                  "values": [[str(ns), "json line"]]}]})
+        proto = encode_push_request([('{app="pump",device="p-2"}', [(ns + 1_000_000,
+                                                                     "proto line", {})])])
+        r2 = await c.post(url, content=bytes(cramjam.snappy.compress_raw(proto)),
+                          headers={"Content-Type": "application/x-protobuf"})
+        assert (r1.status_code, r2.status_code) == (204, 204), r2.text
+        await wait_for(lambda: central.counts()["logs"] == 2)
+    rows = central.store.open_sync().execute(
+        "SELECT labels, ts, line FROM logs_v ORDER BY ts").fetchall()
+    assert [(json.loads(r[0]), r[1], r[2]) for r in rows] == [
+        ({"app": "pump", "device": "p-1"}, NOW, "json line"),
+        ({"app": "pump", "device": "p-2"}, NOW + 1, "proto line")]
