@@ -29,7 +29,7 @@ from ..errors import BadRequest, UnsupportedMedia
 from ..model import IngestBatch
 from .common import SeriesBuilder
 from .prometheus_text import parse_label_set
-from .protobuf import Malformed, fields, string
+from .protobuf import Malformed, fields, int64, string, string_pair
 
 JSON_TYPES = ("application/json",)
 PROTO_TYPES = ("application/x-protobuf", "application/protobuf")
@@ -122,18 +122,13 @@ def parse_proto(body: bytes, cfg: IngestConfig, now_ms: int) -> IngestBatch:
                     if enum == 1 and ewt == 2:
                         for tnum, twt, tv in fields(body, ev[0], ev[1]):
                             if tnum == 1 and twt == 0:
-                                seconds = tv - (1 << 64) if tv >= 1 << 63 else tv
+                                seconds = int64(tv)
                             elif tnum == 2 and twt == 0:
                                 nanos = tv
                     elif enum == 2 and ewt == 2:
                         line = string(body, ev)
                     elif enum == 3 and ewt == 2:
-                        name = value = ""
-                        for mnum, mwt, mv in fields(body, ev[0], ev[1]):
-                            if mnum == 1 and mwt == 2:
-                                name = string(body, mv)
-                            elif mnum == 2 and mwt == 2:
-                                value = string(body, mv)
+                        name, value = string_pair(body, ev)
                         meta[name] = value
                 key = builder.stream_key(_entry_labels(stream, meta), w)
                 ts_ms = _ns_to_ms(seconds * 1_000_000_000 + nanos, w) if seconds or nanos \

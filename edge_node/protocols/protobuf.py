@@ -58,3 +58,19 @@ def string(buf: bytes, span: tuple[int, int]) -> str:
         return buf[span[0]:span[1]].decode("utf-8")
     except UnicodeDecodeError:
         raise Malformed("label is not UTF-8") from None
+
+
+def string_pair(buf: bytes, span: tuple[int, int]) -> tuple[str, str]:
+    """A ``{string name = 1; string value = 2;}`` message (a label, a metadata pair)."""
+    name = value = ""
+    for num, wt, val in fields(buf, span[0], span[1]):
+        if num == 1 and wt == 2:
+            name = string(buf, val)
+        elif num == 2 and wt == 2:
+            value = string(buf, val)
+    return name, value
+
+
+def int64(v: int) -> int:
+    """A varint read as a signed int64 (two's complement)."""
+    return v - (1 << 64) if v >= 1 << 63 else v

@@ -22,7 +22,7 @@ from ..config import IngestConfig
 from ..errors import BadRequest
 from ..model import NAME_LABEL, IngestBatch
 from .common import SeriesBuilder
-from .protobuf import Malformed, fields, string
+from .protobuf import Malformed, fields, int64, string_pair
 
 _DOUBLE = struct.Struct("<d")
 
@@ -46,12 +46,7 @@ def parse(body: bytes, cfg: IngestConfig, now_ms: int) -> tuple[IngestBatch, int
             samples: list[tuple[float, int]] = []
             for fnum, fwt, fval in fields(body, start, end):
                 if fnum == 1 and fwt == 2:
-                    lname = lvalue = ""
-                    for lnum, lwt, lval in fields(body, fval[0], fval[1]):
-                        if lnum == 1 and lwt == 2:
-                            lname = string(body, lval)
-                        elif lnum == 2 and lwt == 2:
-                            lvalue = string(body, lval)
+                    lname, lvalue = string_pair(body, fval)
                     if lname == NAME_LABEL:
                         name = lvalue
                     elif lvalue:  # an empty value means "no such label" in Prometheus
@@ -62,7 +57,7 @@ def parse(body: bytes, cfg: IngestConfig, now_ms: int) -> tuple[IngestBatch, int
                         if snum == 1 and swt == 1:
                             value = _DOUBLE.unpack_from(body, sval[0])[0]
                         elif snum == 2 and swt == 0:
-                            ts = sval - (1 << 64) if sval >= 1 << 63 else sval
+                            ts = int64(sval)
                     samples.append((value, ts))
                 elif fnum == 4:
                     histograms += 1
