@@ -96,6 +96,21 @@ class IngestConfig:
         "must be a comma-separated list of label names"))
 
 
+@dataclass(frozen=True)
+class ScrapeConfig:
+    """Pulling from devices that expose Prometheus ``/metrics``."""
+
+    # comma-separated host:port or URLs; a bare host:port means http://host:port/metrics
+    static_targets: str = ""
+    # JSON in Prometheus' file_sd format: [{"targets": ["host:port"], "labels": {...}}];
+    # re-read whenever it changes
+    targets_file: str = ""
+    interval_s: float = field(default=15.0, metadata=_check(lambda v: v >= 0.1,
+                                                            "must be >= 0.1"))
+    timeout_s: float = field(default=10.0, metadata=_check(lambda v: v > 0, "must be > 0"))
+    job: str = field(default="scrape", metadata=_check(bool, "must not be empty"))
+
+
 def _listen_ok(v: str) -> bool:
     host, sep, port = v.rpartition(":")
     return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
@@ -119,6 +134,7 @@ class EdgeConfig:
     central: CentralConfig = field(default_factory=CentralConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
 
     @property
     def listen_host(self) -> str:
@@ -171,6 +187,8 @@ def _cross_checks(cfg: EdgeConfig) -> None:
         raise ConfigError("central.api_key", "is required")
     if cfg.central.backoff_max_s < cfg.central.backoff_initial_s:
         raise ConfigError("central.backoff_max_s", "must be >= central.backoff_initial_s")
+    if cfg.scrape.timeout_s > cfg.scrape.interval_s:
+        raise ConfigError("scrape.timeout_s", "must be <= scrape.interval_s")
     if cfg.ingest.max_decompressed_bytes < cfg.ingest.max_body_bytes:
         raise ConfigError("ingest.max_decompressed_bytes", "must be >= ingest.max_body_bytes")
 
@@ -317,4 +335,11 @@ max_log_line_bytes = 65536
 # Prometheus text / Influx line protocol: the first of these labels a series carries names its
 # device (becomes its `device` label)
 device_labels = "device,device_id,host,instance"
+
+[scrape]
+static_targets = ""               # e.g. "10.0.0.5:9100,http://cam-1.local:8080/metrics"
+targets_file = ""                 # file_sd JSON, re-read when it changes
+interval_s = 15.0
+timeout_s = 10.0
+job = "scrape"
 """

@@ -28,6 +28,7 @@ from .config import EdgeConfig
 from .forward import Forwarder
 from .ingest import create_app
 from .metrics import Registry
+from .scrape import Scraper
 from .selfmon import register_process_metrics
 from .writer import BufferService
 
@@ -113,6 +114,14 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             await nursery.start(buffer.serve)
             nursery.start_soon(forwarder.run)
             binds = await nursery.start(serve_http)
+            scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
+            scraping = trio.CancelScope()
+            if scraper.enabled:
+                async def scrape() -> None:
+                    with scraping:
+                        await scraper.run()
+
+                nursery.start_soon(scrape)
             node = EdgeNode(cfg=cfg, url=binds[0], buffer=buffer, forwarder=forwarder,
                             registry=registry)
             log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
@@ -122,6 +131,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             await node.stop_event.wait()
             log.info("stopping: no new requests; finishing those in progress")
             sd_notify("STOPPING=1")
+            scraping.cancel()
             stop.set()
             # serve() returns once in-flight requests finished (bounded by graceful_timeout)
             with trio.move_on_after(cfg.drain_timeout_s + 1):

@@ -40,8 +40,11 @@ def device_labels(cfg: IngestConfig) -> tuple[str, ...]:
 class SeriesBuilder:
     """Builds series keys for one request and enforces the per-request limits."""
 
-    def __init__(self, cfg: IngestConfig) -> None:
+    def __init__(self, cfg: IngestConfig, target: dict[str, str] | None = None) -> None:
+        """``target``: labels of a scrape target (``job``, ``instance``, ...); they win over
+        a sample's own label of the same name, which is kept as ``exported_<name>``."""
         self.cfg = cfg
+        self.target = target or {}
         self.identity = device_labels(cfg)
         self._keys: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesKey] = {}
 
@@ -76,9 +79,12 @@ class SeriesBuilder:
             if len(v) > self.cfg.max_label_value_length:
                 raise BadRequest(f"label {k!r} is longer than "
                                  f"{self.cfg.max_label_value_length} characters", field=where)
+            if k in self.target:
+                k = "exported_" + k
             if k in out:
                 raise BadRequest(f"label {k!r} appears twice", field=where)
             out[k] = v
+        out.update(self.target)
         if DEVICE_LABEL not in out:
             for k in self.identity:
                 if out.get(k):

@@ -91,13 +91,17 @@ def parse_label_set(line: str, pos: int, where: str) -> tuple[tuple[tuple[str, s
         raise BadRequest("expected ',' or '}' after a label value", field=where)
 
 
-def parse(body: bytes, cfg: IngestConfig, now_ms: int) -> IngestBatch:
-    """Parse a whole (decompressed) request body; every line refers to its number."""
+def parse(body: bytes, cfg: IngestConfig, now_ms: int, target: dict[str, str] | None = None,
+          *, allow_empty: bool = False) -> IngestBatch:
+    """Parse a whole (decompressed) request body; every line refers to its number.
+
+    ``target`` labels are added to every series (scraping: ``job``, ``instance``);
+    ``allow_empty`` accepts a body without samples (a scrape of an idle exporter)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
-    builder = SeriesBuilder(cfg)
+    builder = SeriesBuilder(cfg, target)
     out = IngestBatch()
     for lineno, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
@@ -125,4 +129,4 @@ def parse(body: bytes, cfg: IngestConfig, now_ms: int) -> IngestBatch:
             value_s, ts_s = rest[0], rest[1] if len(rest) == 2 else None
         key = builder.key(name, tuple(sorted(labels)), where)
         builder.add(out, key, parse_timestamp(ts_s, now_ms, where), parse_value(value_s, where))
-    return builder.finish(out)
+    return out if allow_empty else builder.finish(out)
