@@ -6,6 +6,8 @@ The tree::
     ├── ConfigError          a config file or environment override is invalid
     ├── IngestError          a device request is refused (carries the HTTP status)
     │   ├── BadRequest       400: malformed body, bad field
+    │   ├── Unauthorized     401: missing or unknown device key
+    │   ├── Forbidden        403: the key belongs to another device
     │   ├── PayloadTooLarge  413: body or decompressed body over a limit
     │   └── UnsupportedMedia 415: content type or encoding we do not speak
     ├── WireError            an edge->central batch cannot be encoded or decoded
@@ -52,6 +54,14 @@ class IngestError(EdgeError):
 
 class BadRequest(IngestError):
     status = 400
+
+
+class Unauthorized(IngestError):
+    status = 401
+
+
+class Forbidden(IngestError):
+    status = 403
 
 
 class PayloadTooLarge(IngestError):

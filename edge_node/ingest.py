@@ -11,11 +11,13 @@ or protobuf + snappy), and the Influx line protocol ``POST /write`` (v1) and
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -24,10 +26,11 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .config import EdgeConfig
-from .errors import BufferError_, IngestError, PayloadTooLarge
+from .devices import DeviceRegistry
+from .errors import BufferError_, Forbidden, IngestError, PayloadTooLarge, Unauthorized
 from .metrics import CONTENT_TYPE, Registry
 from .model import IngestBatch
-from .protocols import influx, loki_push, prometheus_text, remote_write
+from .protocols import fleetd_agent, influx, loki_push, prometheus_text, remote_write
 from .protocols.decode import decompress, snappy_block
 from .protocols.native import NativeParser
 from .writer import BufferService
@@ -46,6 +49,20 @@ class _ClientGone(Exception):
     pass
 
 
+@dataclass
+class Reply:
+    """What a route answers when it is not a bare 204 (the fleetd agent's calls)."""
+
+    status: int
+    body: bytes
+    content_type: bytes
+    batch: IngestBatch | None = None
+
+
+Route = Callable[[bytes, str | None, Scope, int], "IngestBatch | Awaitable[Reply]"]
+CONNECT_PATHS = frozenset({"/fleetd.v1.DeviceService/Register"})
+
+
 def _query(scope: Scope) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
 
@@ -53,13 +70,14 @@ def _query(scope: Scope) -> dict[str, str]:
 class IngestHandler:
     """Reads, validates and durably commits one ingest request (raw ASGI)."""
 
-    def __init__(self, cfg: EdgeConfig, buffer: BufferService, registry: Registry) -> None:
+    def __init__(self, cfg: EdgeConfig, buffer: BufferService, registry: Registry,
+                 devices: DeviceRegistry | None = None) -> None:
         self.cfg = cfg
         self.buffer = buffer
+        self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.parser = NativeParser(cfg.ingest)
         # path -> (protocol name, parser of a decompressed body)
-        self.routes: dict[str, tuple[str, Callable[[bytes, str | None, Scope, int],
-                                                   IngestBatch]]] = {
+        self.routes: dict[str, tuple[str, Route]] = {
             "/api/v1/ingest": ("native", lambda raw, ctype, _, now:
                                self.parser.parse_body(raw, ctype, now)),
             "/api/v1/import/prometheus": ("prometheus_text", lambda raw, _, __, now:
@@ -68,6 +86,8 @@ class IngestHandler:
             "/loki/api/v1/push": ("loki", self._loki),
             "/write": ("influx_v1", partial(self._influx, 1)),
             "/api/v2/write": ("influx_v2", partial(self._influx, 2)),
+            "/fleetd.v1.DeviceService/Register": ("fleetd_agent", self._register),
+            "/api/v1/telemetry": ("fleetd_agent", self._telemetry),
         }
         self.m_protocol = registry.counter(
             "protocol_rows_total", "Samples and log lines accepted, by ingest protocol.",
@@ -89,8 +109,10 @@ class IngestHandler:
             status, body, extra = await self._handle(scope, receive)
         except _ClientGone:
             return  # the device hung up before sending its whole body: nothing was stored
-        headers = list(_JSON_HEADERS) if body else []
-        headers += extra
+        if any(k == b"content-type" for k, _ in extra):
+            headers = list(extra)
+        else:
+            headers = [*(_JSON_HEADERS if body else []), *extra]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -123,6 +145,33 @@ class IngestHandler:
             raw = snappy_block(raw, self.cfg.ingest.max_decompressed_bytes)
         return loki_push.parse(raw, ctype, self.cfg.ingest, now)
 
+    async def _register(self, raw: bytes, ctype: str | None, _: Scope, now: int) -> Reply:
+        req, media = fleetd_agent.parse_register(raw, ctype)
+        reg = await self.devices.register(req.name, req.type, req.version, req.capabilities)
+        log.info("fleetd agent %r (%s %s) registered as device %s", req.name, req.type,
+                 req.version, reg.device_id)
+        # a heartbeat carrying the device's description puts it in central's registry at once
+        labels = {"device": reg.device_id, "device_name": req.name, "device_type": req.type,
+                  "agent_version": req.version}
+        batch = IngestBatch(hb_keys=[tuple(sorted((k, v) for k, v in labels.items() if v))],
+                            hb_ts=[now])
+        body, content_type = fleetd_agent.encode_register_response(reg.device_id, reg.api_key,
+                                                                   media)
+        return Reply(200, body, content_type, batch)
+
+    async def _telemetry(self, raw: bytes, _: str | None, scope: Scope, now: int) -> Reply:
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            raise Unauthorized("missing 'Authorization: Bearer <api_key>'",
+                               field="Authorization")
+        owner = await self.devices.device_for_key(auth[7:].strip())
+        if owner is None:
+            raise Unauthorized("unknown API key", field="Authorization")
+        device, batch = fleetd_agent.parse_telemetry(raw, self.cfg.ingest, now)
+        if device != owner:
+            raise Forbidden(f"this key belongs to device {owner!r}", field="device_id")
+        return Reply(200, b'{"status": "ok"}', b"application/json", batch)
+
     def _influx(self, version: int, raw: bytes, _: str | None, scope: Scope, now: int
                 ) -> IngestBatch:
         precision = _query(scope).get("precision", "ns")
@@ -147,14 +196,22 @@ class IngestHandler:
             body = await self._read(receive, lim.max_body_bytes, declared)
             raw = decompress(body, cenc, lim.max_decompressed_bytes)
             protocol, parse = self.routes[scope["path"]]
-            batch = parse(raw, ctype, scope, now)
+            parsed = parse(raw, ctype, scope, now)
+            result = await parsed if inspect.isawaitable(parsed) else parsed
         except IngestError as exc:
             self.m_requests.inc(1, str(exc.status))
             self.m_rejected.inc(1, type(exc).__name__)
+            if scope["path"] in CONNECT_PATHS:
+                return exc.status, fleetd_agent.connect_error(exc.status, str(exc)), []
             return exc.status, json.dumps(exc.to_json()).encode(), []
+        reply = result if isinstance(result, Reply) else None
+        batch = result if isinstance(result, IngestBatch) else (reply.batch if reply else None)
+        done: tuple[int, bytes, list[tuple[bytes, bytes]]] = (
+            (reply.status, reply.body, [(b"content-type", reply.content_type)]) if reply
+            else (204, b"", []))
         if not batch:  # e.g. Influx lines with only string fields: valid, nothing to store
-            self.m_requests.inc(1, "204")
-            return 204, b"", []
+            self.m_requests.inc(1, str(done[0]))
+            return done
         try:
             await self.buffer.write(batch)
         except BufferError_ as exc:
@@ -164,8 +221,8 @@ class IngestHandler:
         self.m_ingested.inc(batch.n_samples, "metrics")
         self.m_ingested.inc(batch.n_logs, "logs")
         self.m_ingested.inc(batch.n_heartbeats, "heartbeats")
-        self.m_requests.inc(1, "204")
-        return 204, b"", []
+        self.m_requests.inc(1, str(done[0]))
+        return done
 
 
 class EdgeApp:

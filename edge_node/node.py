@@ -137,6 +137,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             with trio.move_on_after(cfg.drain_timeout_s + 1):
                 await served.wait()
             await buffer.close()
+            app.ingest.devices.close()
             nursery.cancel_scope.cancel()
     finally:
         if own_client:
