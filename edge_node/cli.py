@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--requeue", nargs="*", type=int, metavar="SEQ",
                     help="requeue these (or, with no SEQ, all) dead letters")
     dl.add_argument("--json", action="store_true")
+    dv = sub.add_parser("devices", help="list the fleetd agents registered with this node")
+    dv.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    required="FLEET_EDGE_CONFIG" not in os.environ,
+                    help="the node's config (to find its data directory)")
+    dv.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="run central + edge + simulated devices in this process "
                                        "and check nothing acknowledged is lost")
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
@@ -179,6 +184,27 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _devices(args: argparse.Namespace) -> int:
+    from .devices import DeviceRegistry
+
+    reg = DeviceRegistry(_load(args.config).data_dir)
+    try:
+        rows = reg.list()
+    finally:
+        reg.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'DEVICE ID':<37} {'NAME':<20} {'TYPE':<14} {'VERSION':<10} REGISTERED (UTC)")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(r["registered_ms"]))
+                                                              / 1000))
+        print(f"{r['device_id']!s:<37} {r['name']!s:<20} {r['type']!s:<14} "
+              f"{r['version']!s:<10} {when}")
+    print(f"{len(rows)} registered devices")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd == "check-config":
@@ -204,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.cmd == "dead-letters":
         return _dead_letters(args)
+    if args.cmd == "devices":
+        return _devices(args)
     level = getattr(args, "log_level", None)
     if args.cmd == "run":
         cfg = _load(args.config)

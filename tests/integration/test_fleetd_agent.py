@@ -59,3 +59,24 @@ async def test_agent_registers_and_sends_telemetry(tmp_path: Path, central: Cent
                       "throttled": "false"}
     devices = {r[0] for r in central.store.open_sync().execute("SELECT device FROM devices")}
     assert device_id in devices and len(devices) == 2
+
+
+def test_devices_command_lists_registrations(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import trio
+
+    from edge_node.devices import DeviceRegistry
+
+    reg = DeviceRegistry(tmp_path / "edge")
+    trio.run(reg.register, "pump-house-pi", "raspberry-pi", "0.5.1", {"metrics": "true"})
+    reg.close()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'node_id = "n"\ndata_dir = "{tmp_path / "edge"}"\n[central]\n'
+                   'url = "http://127.0.0.1:9"\napi_key = "k"\n')
+    out = subprocess.run([sys.executable, "-m", "edge_node.cli", "devices", "--config",
+                          str(cfg), "--json"], check=True, capture_output=True, text=True)
+    (row,) = json.loads(out.stdout)
+    assert (row["name"], row["type"], row["version"], json.loads(row["capabilities"])) == (
+        "pump-house-pi", "raspberry-pi", "0.5.1", {"metrics": "true"})
