@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import httpx
 import trio
@@ -173,14 +174,25 @@ def _dead_letters(args: argparse.Namespace) -> int:
         rows = store.dead_letters()
     finally:
         store.close()
-    if args.json:
+    return _table(rows, args.json, f"{'SEQ':>8} {'KIND':<10} {'ROWS':>9} {'FAILED (UTC)':<20} "
+                  "REASON", lambda r: f"{r['seq']:>8} {r['kind']!s:<10} {r['n']:>9} "
+                  f"{_utc(r['failed_ms']):<20} {r['reason']}", "dead letters")
+
+
+def _utc(ms: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(ms)) / 1000))
+
+
+def _table(rows: list[dict[str, Any]], as_json: bool, header: str,
+           line: Callable[[dict[str, Any]], str], what: str) -> int:
+    """Print ``rows`` as JSON or as a table with a count."""
+    if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'SEQ':>8} {'KIND':<10} {'ROWS':>9} {'FAILED (UTC)':<20} REASON")
+    print(header)
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(r["failed_ms"]) / 1000))
-        print(f"{r['seq']:>8} {r['kind']!s:<10} {r['n']:>9} {when:<20} {r['reason']}")
-    print(f"{len(rows)} dead letters")
+        print(line(r))
+    print(f"{len(rows)} {what}")
     return 0
 
 
@@ -192,17 +204,10 @@ def _devices(args: argparse.Namespace) -> int:
         rows = reg.list()
     finally:
         reg.close()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'DEVICE ID':<37} {'NAME':<20} {'TYPE':<14} {'VERSION':<10} REGISTERED (UTC)")
-    for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(str(r["registered_ms"]))
-                                                              / 1000))
-        print(f"{r['device_id']!s:<37} {r['name']!s:<20} {r['type']!s:<14} "
-              f"{r['version']!s:<10} {when}")
-    print(f"{len(rows)} registered devices")
-    return 0
+    return _table(rows, args.json, f"{'DEVICE ID':<37} {'NAME':<20} {'TYPE':<14} "
+                  f"{'VERSION':<10} REGISTERED (UTC)",
+                  lambda r: f"{r['device_id']!s:<37} {r['name']!s:<20} {r['type']!s:<14} "
+                  f"{r['version']!s:<10} {_utc(r['registered_ms'])}", "registered devices")
 
 
 def main(argv: list[str] | None = None) -> int:
