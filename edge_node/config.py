@@ -90,6 +90,10 @@ class IngestConfig:
         lambda v: v >= 64, "must be >= 64"))
     # Which label names a device in protocols that have no device field (Prometheus text and
     # remote write, Influx line protocol): the first one a series carries becomes its `device`.
+    # distinct series one device may have sent within series_ttl_s (0: no limit)
+    max_series_per_device: int = field(default=20_000, metadata=_check(
+        lambda v: v >= 0, "must be >= 0"))
+    series_ttl_s: float = field(default=3600.0, metadata=_check(lambda v: v > 0, "must be > 0"))
     device_labels: str = field(default="device,device_id,host,instance", metadata=_check(
         lambda v: all(re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", x.strip())
                       for x in v.split(",") if x.strip()),
@@ -332,6 +336,8 @@ max_logs_per_request = 50000
 max_labels_per_series = 32
 max_label_value_length = 1024
 max_log_line_bytes = 65536
+max_series_per_device = 20000     # active series per device (seen within series_ttl_s); 0: off
+series_ttl_s = 3600.0
 # Prometheus text / Influx line protocol: the first of these labels a series carries names its
 # device (becomes its `device` label)
 device_labels = "device,device_id,host,instance"

@@ -9,6 +9,7 @@ The tree::
     │   ├── Unauthorized     401: missing or unknown device key
     │   ├── Forbidden        403: the key belongs to another device
     │   ├── PayloadTooLarge  413: body or decompressed body over a limit
+    │   ├── TooManySeries    422: a device would pass its active-series limit
     │   └── UnsupportedMedia 415: content type or encoding we do not speak
     ├── WireError            an edge->central batch cannot be encoded or decoded
     └── BufferError_         the SQLite buffer failed (disk full, corruption)
@@ -66,6 +67,10 @@ class Forbidden(IngestError):
 
 class PayloadTooLarge(IngestError):
     status = 413
+
+
+class TooManySeries(IngestError):
+    status = 422
 
 
 class UnsupportedMedia(IngestError):

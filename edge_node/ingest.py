@@ -28,6 +28,7 @@ from quart_trio import QuartTrio
 from .config import EdgeConfig
 from .devices import DeviceRegistry
 from .errors import BufferError_, Forbidden, IngestError, PayloadTooLarge, Unauthorized
+from .limits import SeriesLimiter
 from .metrics import CONTENT_TYPE, Registry
 from .model import IngestBatch
 from .protocols import fleetd_agent, influx, loki_push, prometheus_text, remote_write
@@ -76,6 +77,7 @@ class IngestHandler:
         self.buffer = buffer
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.parser = NativeParser(cfg.ingest)
+        self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
         # path -> (protocol name, parser of a decompressed body)
         self.routes: dict[str, tuple[str, Route]] = {
             "/api/v1/ingest": ("native", lambda raw, ctype, _, now:
@@ -198,6 +200,9 @@ class IngestHandler:
             protocol, parse = self.routes[scope["path"]]
             parsed = parse(raw, ctype, scope, now)
             result = await parsed if inspect.isawaitable(parsed) else parsed
+            admitted = result if isinstance(result, IngestBatch) else result.batch
+            if admitted:
+                self.limiter.admit(admitted, now / 1000)
         except IngestError as exc:
             self.m_requests.inc(1, str(exc.status))
             self.m_rejected.inc(1, type(exc).__name__)

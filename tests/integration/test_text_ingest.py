@@ -79,3 +79,14 @@ async def test_loki_pushes_reach_central(tmp_path: Path, central: Central) -> No
     assert [(json.loads(r[0]), r[1], r[2]) for r in rows] == [
         ({"app": "pump", "device": "p-1"}, NOW, "json line"),
         ({"app": "pump", "device": "p-2"}, NOW + 1, "proto line")]
+
+
+async def test_a_device_past_its_series_limit_gets_422(tmp_path: Path, central: Central) -> None:
+    cfg = edge_config(tmp_path, central, ingest={"max_series_per_device": 3})
+    async with open_edge_node(cfg) as node, httpx.AsyncClient() as c:
+        url = node.url + "/api/v1/import/prometheus"
+        ok = await c.post(url, content=b'm{device="d1",k="1"} 1\nm{device="d1",k="2"} 1\n')
+        bad = await c.post(url, content=b'm{device="d1",k="3"} 1\nm{device="d1",k="4"} 1\n')
+        assert (ok.status_code, bad.status_code) == (204, 422)
+        assert bad.json()["field"] == "series" and "'d1'" in bad.json()["error"]
+        await wait_for(lambda: central.counts()["metrics"] == 2)
