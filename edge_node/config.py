@@ -90,6 +90,8 @@ class IngestConfig:
         lambda v: v >= 64, "must be >= 64"))
     # Which label names a device in protocols that have no device field (Prometheus text and
     # remote write, Influx line protocol): the first one a series carries becomes its `device`.
+    # JSON token -> {"device": ...} | {"site": ...} | {}; when set, every request needs a token
+    tokens_file: str = ""
     # distinct series one device may have sent within series_ttl_s (0: no limit)
     max_series_per_device: int = field(default=20_000, metadata=_check(
         lambda v: v >= 0, "must be >= 0"))
@@ -191,6 +193,10 @@ def _cross_checks(cfg: EdgeConfig) -> None:
         raise ConfigError("central.api_key", "is required")
     if cfg.central.backoff_max_s < cfg.central.backoff_initial_s:
         raise ConfigError("central.backoff_max_s", "must be >= central.backoff_initial_s")
+    if cfg.ingest.tokens_file:
+        from .auth import load_tokens
+
+        load_tokens(cfg.ingest.tokens_file)  # raises ConfigError naming the problem
     if cfg.scrape.timeout_s > cfg.scrape.interval_s:
         raise ConfigError("scrape.timeout_s", "must be <= scrape.interval_s")
     if cfg.ingest.max_decompressed_bytes < cfg.ingest.max_body_bytes:
@@ -336,6 +342,7 @@ max_logs_per_request = 50000
 max_labels_per_series = 32
 max_label_value_length = 1024
 max_log_line_bytes = 65536
+tokens_file = ""                  # device/site bearer tokens (JSON); empty: no device auth
 max_series_per_device = 20000     # active series per device (seen within series_ttl_s); 0: off
 series_ttl_s = 3600.0
 # Prometheus text / Influx line protocol: the first of these labels a series carries names its

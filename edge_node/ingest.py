@@ -25,6 +25,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
+from .auth import apply_grant, authorize, load_tokens
 from .config import EdgeConfig
 from .devices import DeviceRegistry
 from .errors import BufferError_, Forbidden, IngestError, PayloadTooLarge, Unauthorized
@@ -78,6 +79,7 @@ class IngestHandler:
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.parser = NativeParser(cfg.ingest)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
+        self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
         # path -> (protocol name, parser of a decompressed body)
         self.routes: dict[str, tuple[str, Route]] = {
             "/api/v1/ingest": ("native", lambda raw, ctype, _, now:
@@ -195,12 +197,18 @@ class IngestHandler:
                 declared = int(value)
         lim = self.cfg.ingest
         try:
+            grant = None
+            if self.tokens is not None and scope["path"] != "/api/v1/telemetry":
+                grant = authorize(self.tokens, dict(scope["headers"]),
+                                  scope.get("query_string", b""))
             body = await self._read(receive, lim.max_body_bytes, declared)
             raw = decompress(body, cenc, lim.max_decompressed_bytes)
             protocol, parse = self.routes[scope["path"]]
             parsed = parse(raw, ctype, scope, now)
             result = await parsed if inspect.isawaitable(parsed) else parsed
             admitted = result if isinstance(result, IngestBatch) else result.batch
+            if admitted and grant is not None:
+                apply_grant(admitted, grant)
             if admitted:
                 self.limiter.admit(admitted, now / 1000)
         except IngestError as exc:
