@@ -37,17 +37,22 @@ local f = io.open(os.getenv("BENCH_BODY"), "rb")
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+for k, v in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^=|]+)=([^|]*)") do
+  wrk.headers[k] = v
+end
 """
 
 
-def _wrk(url: str, body: Path, ctype: str, conns: int, seconds: int, tmp: Path
-         ) -> tuple[float, int, str]:
+def _wrk(url: str, body: Path, ctype: str, conns: int, seconds: int, tmp: Path,
+         headers: dict[str, str] | None = None) -> tuple[float, int, str]:
     script = tmp / "post.lua"
     script.write_text(LUA)
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", str(script),
          url], capture_output=True, text=True, check=True,
-        env={"BENCH_BODY": str(body), "BENCH_CTYPE": ctype, "PATH": "/usr/bin:/bin"}).stdout
+        env={"BENCH_BODY": str(body), "BENCH_CTYPE": ctype, "PATH": "/usr/bin:/bin",
+             "BENCH_HEADERS": "|".join(f"{k}={v}" for k, v in (headers or {}).items())}
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     p99 = re.search(r"99%\s+(\S+)", out)
@@ -55,12 +60,12 @@ def _wrk(url: str, body: Path, ctype: str, conns: int, seconds: int, tmp: Path
 
 
 def measure(pid: int, url: str, body: Path, ctype: str, conns: int, seconds: int, tmp: Path,
-            per_req: int, name: str) -> None:
+            per_req: int, name: str, headers: dict[str, str] | None = None) -> None:
     """Drive ``url`` with wrk and print one table row with the server process's CPU cost."""
     proc = psutil.Process(pid)
     c0 = proc.cpu_times()
     t0 = time.monotonic()
-    rps, non2xx, p99 = _wrk(url, body, ctype, conns, seconds, tmp)
+    rps, non2xx, p99 = _wrk(url, body, ctype, conns, seconds, tmp, headers)
     wall = time.monotonic() - t0
     c1 = proc.cpu_times()
     cpu = (c1.user - c0.user) + (c1.system - c0.system)

@@ -78,6 +78,7 @@ class IngestHandler:
         self.buffer = buffer
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.parser = NativeParser(cfg.ingest)
+        self.text_parser = prometheus_text.TextParser(cfg.ingest)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
         self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
         # path -> (protocol name, parser of a decompressed body)
@@ -85,7 +86,7 @@ class IngestHandler:
             "/api/v1/ingest": ("native", lambda raw, ctype, _, now:
                                self.parser.parse_body(raw, ctype, now)),
             "/api/v1/import/prometheus": ("prometheus_text", lambda raw, _, __, now:
-                                          prometheus_text.parse(raw, cfg.ingest, now)),
+                                          self.text_parser.parse(raw, now)),
             "/api/v1/write": ("remote_write", self._remote_write),
             "/loki/api/v1/push": ("loki", self._loki),
             "/write": ("influx_v1", partial(self._influx, 1)),

@@ -19,23 +19,37 @@ class SeriesLimiter:
         self.max_series = max_series
         self.ttl_s = ttl_s
         self._seen: dict[str, dict[SeriesKey, float]] = {}
+        self._device_of: dict[SeriesKey, str] = {}  # bounded below
 
     def active(self, device: str) -> int:
         return len(self._seen.get(device, {}))
+
+    def _device(self, key: SeriesKey) -> str:
+        dev = self._device_of.get(key)
+        if dev is None:
+            if len(self._device_of) > 4 * max(self.max_series, 1) * 64:
+                self._device_of.clear()
+            dev = self._device_of[key] = next((v for k, v in key if k == DEVICE_LABEL), "")
+        return dev
 
     def admit(self, batch: IngestBatch, now_s: float) -> None:
         """Record the batch's metric series; raise (recording nothing) if a device would pass
         its limit."""
         if self.max_series <= 0:
             return
-        new: dict[str, set[SeriesKey]] = {}
+        refresh = self.ttl_s / 4  # last-seen times need not be exact: saves a write per key
+        new: dict[str, list[SeriesKey]] = {}
+        touched: list[tuple[dict[SeriesKey, float], SeriesKey]] = []
         for key in set(batch.metric_keys):
-            device = next((v for k, v in key if k == DEVICE_LABEL), "")
+            device = self._device(key)
             if not device:
                 continue  # series of no particular device (the limit is per device)
             seen = self._seen.get(device)
-            if seen is None or key not in seen:
-                new.setdefault(device, set()).add(key)
+            t = seen.get(key) if seen is not None else None
+            if t is None:
+                new.setdefault(device, []).append(key)
+            elif now_s - t > refresh:
+                touched.append((seen, key))  # type: ignore[arg-type]
         for device, keys in new.items():
             seen = self._seen.setdefault(device, {})
             if len(seen) + len(keys) > self.max_series:
@@ -47,7 +61,9 @@ class SeriesLimiter:
                         f"device {device!r} would have {len(seen) + len(keys)} "
                         f"active series, more than the limit of {self.max_series} "
                         "(ingest.max_series_per_device)", field="series")
-        for key in set(batch.metric_keys):
-            device = next((v for k, v in key if k == DEVICE_LABEL), "")
-            if device:
-                self._seen.setdefault(device, {})[key] = now_s
+        for device, keys in new.items():
+            seen = self._seen[device]
+            for k in keys:
+                seen[k] = now_s
+        for seen, k in touched:
+            seen[k] = now_s

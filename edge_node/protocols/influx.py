@@ -32,6 +32,8 @@ _FALSE = {"f", "F", "false", "False", "FALSE"}
 
 def _split(text: str, seps: str, where: str, *, quotes: bool = False) -> list[str]:
     """Split at unescaped separators (outside double quotes when ``quotes``); keeps escapes."""
+    if len(seps) == 1 and "\\" not in text and '"' not in text:
+        return text.split(seps)  # the common case: plain str.split does it
     out: list[str] = []
     cur: list[str] = []
     i, n = 0, len(text)

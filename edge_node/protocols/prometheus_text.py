@@ -18,7 +18,7 @@ import re
 
 from ..config import IngestConfig
 from ..errors import BadRequest
-from ..model import IngestBatch
+from ..model import IngestBatch, SeriesKey
 from .common import SeriesBuilder
 
 _SIMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]+(\S+)(?:[ \t]+(\S+))?[ \t]*\Z")
@@ -91,42 +91,82 @@ def parse_label_set(line: str, pos: int, where: str) -> tuple[tuple[tuple[str, s
         raise BadRequest("expected ',' or '}' after a label value", field=where)
 
 
+class TextParser:
+    """Parses exposition bodies, remembering the series key of each distinct series text
+    (``name{labels}``) it has seen: devices send the same series every time, so after the first
+    request a line costs a dictionary lookup and two number conversions."""
+
+    def __init__(self, cfg: IngestConfig, target: dict[str, str] | None = None,
+                 max_cached: int = 1_000_000) -> None:
+        self.cfg = cfg
+        self.target = target
+        self.max_cached = max_cached
+        self._keys: dict[str, SeriesKey] = {}
+
+    def parse(self, body: bytes, now_ms: int, *, allow_empty: bool = False) -> IngestBatch:
+        """Parse a whole (decompressed) request body; every error names its line.
+
+        ``allow_empty`` accepts a body without samples (a scrape of an idle exporter)."""
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
+        if len(self._keys) > self.max_cached:
+            self._keys.clear()
+        cache = self._keys
+        builder = SeriesBuilder(self.cfg, self.target)
+        out = IngestBatch()
+        for lineno, raw in enumerate(text.split("\n"), start=1):
+            line = raw.strip()
+            if not line or line[0] == "#":
+                continue
+            close = line.rfind("}")
+            if close < 0:
+                if "{" in line:
+                    raise BadRequest("labels are not closed: expected '}'",
+                                     field=f"line {lineno}")
+                m = _SIMPLE.match(line)
+                if m is None:
+                    first = line.split()[0]
+                    if _NAME.fullmatch(first) is None:
+                        raise BadRequest(f"invalid metric name {first!r}",
+                                         field=f"line {lineno}")
+                    raise BadRequest("expected 'name value [timestamp]'", field=f"line {lineno}")
+                series, value_s, ts_s = m.group(1), m.group(2), m.group(3)
+            else:
+                series = line[:close + 1]
+                rest = line[close + 1:].split()
+                if not 1 <= len(rest) <= 2 or line[close + 1:close + 2] not in (" ", "\t"):
+                    raise BadRequest("expected 'value [timestamp]' after the labels",
+                                     field=f"line {lineno}")
+                value_s, ts_s = rest[0], rest[1] if len(rest) == 2 else None
+            key = cache.get(series)
+            if key is None:
+                key = cache[series] = self._key(series, builder, f"line {lineno}")
+            where = f"line {lineno}"
+            builder.add(out, key, parse_timestamp(ts_s, now_ms, where),
+                        parse_value(value_s, where))
+        return out if allow_empty else builder.finish(out)
+
+    @staticmethod
+    def _key(series: str, builder: SeriesBuilder, where: str) -> SeriesKey:
+        nm = _NAME.match(series)
+        if nm is None:
+            raise BadRequest("expected a metric name", field=where)
+        name, pos = nm.group(0), nm.end()
+        labels: tuple[tuple[str, str], ...] = ()
+        while pos < len(series) and series[pos] in " \t":
+            pos += 1
+        if pos < len(series):
+            if series[pos] != "{":
+                raise BadRequest("expected a value after the metric name", field=where)
+            labels, pos = parse_label_set(series, pos, where)
+            if pos != len(series):
+                raise BadRequest("expected 'value [timestamp]' after the labels", field=where)
+        return builder.key(name, tuple(sorted(labels)), where)
+
+
 def parse(body: bytes, cfg: IngestConfig, now_ms: int, target: dict[str, str] | None = None,
           *, allow_empty: bool = False) -> IngestBatch:
-    """Parse a whole (decompressed) request body; every line refers to its number.
-
-    ``target`` labels are added to every series (scraping: ``job``, ``instance``);
-    ``allow_empty`` accepts a body without samples (a scrape of an idle exporter)."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
-    builder = SeriesBuilder(cfg, target)
-    out = IngestBatch()
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line or line[0] == "#":
-            continue
-        where = f"line {lineno}"
-        m = _SIMPLE.match(line)
-        labels: tuple[tuple[str, str], ...]
-        if m is not None:
-            name, labels, value_s, ts_s = m.group(1), (), m.group(2), m.group(3)
-        else:
-            nm = _NAME.match(line)
-            if nm is None:
-                raise BadRequest("expected a metric name", field=where)
-            name = nm.group(0)
-            pos = nm.end()
-            while pos < len(line) and line[pos] in " \t":
-                pos += 1
-            if pos >= len(line) or line[pos] != "{":
-                raise BadRequest("expected a value after the metric name", field=where)
-            labels, pos = parse_label_set(line, pos, where)
-            rest = line[pos:].split()
-            if not 1 <= len(rest) <= 2 or (pos < len(line) and line[pos] not in " \t"):
-                raise BadRequest("expected 'value [timestamp]' after the labels", field=where)
-            value_s, ts_s = rest[0], rest[1] if len(rest) == 2 else None
-        key = builder.key(name, tuple(sorted(labels)), where)
-        builder.add(out, key, parse_timestamp(ts_s, now_ms, where), parse_value(value_s, where))
-    return out if allow_empty else builder.finish(out)
+    """Parse one body with a fresh :class:`TextParser` (no cache across calls)."""
+    return TextParser(cfg, target).parse(body, now_ms, allow_empty=allow_empty)
