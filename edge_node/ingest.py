@@ -79,6 +79,7 @@ class IngestHandler:
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.parser = NativeParser(cfg.ingest)
         self.text_parser = prometheus_text.TextParser(cfg.ingest)
+        self.rw_parser = remote_write.RemoteWriteParser(cfg.ingest)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
         self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
         # path -> (protocol name, parser of a decompressed body)
@@ -139,7 +140,7 @@ class IngestHandler:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _remote_write(self, raw: bytes, _: str | None, __: Scope, now: int) -> IngestBatch:
-        batch, histograms = remote_write.parse(raw, self.cfg.ingest, now)
+        batch, histograms = self.rw_parser.parse(raw, now)
         self.m_histograms.inc(histograms)
         return batch
 

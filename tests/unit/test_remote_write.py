@@ -17,6 +17,7 @@ from tests.strategies import encode_write_request, write_requests
 
 CFG = IngestConfig()
 NOW = 1_795_839_600_000
+SHARED = remote_write.RemoteWriteParser(CFG)
 
 
 @settings(max_examples=150, deadline=None)
@@ -24,8 +25,14 @@ NOW = 1_795_839_600_000
 def test_write_requests_round_trip(series: list[tuple[dict[str, str], list[tuple[float, int]]]]
                                    ) -> None:
     body = bytes(cramjam.snappy.compress_raw(encode_write_request(series)))
-    batch, histograms = remote_write.parse(decompress(body, "snappy", 1 << 24), CFG, NOW)
+    raw = decompress(body, "snappy", 1 << 24)
+    batch, histograms = remote_write.parse(raw, CFG, NOW)
     assert histograms == 0
+    # a long-lived parser (its label cache warm from earlier examples) answers the same
+    again, _ = SHARED.parse(raw, NOW)
+    again2, _ = SHARED.parse(raw, NOW)
+    assert again.metric_keys == again2.metric_keys == batch.metric_keys
+    assert again2.metric_ts == batch.metric_ts
     want = [(labels, ts, v) for labels, samples in series for v, ts in samples]
     assert len(batch.metric_values) == len(want)
     for key, ts, value, (labels, wts, wv) in zip(batch.metric_keys, batch.metric_ts,
