@@ -80,6 +80,7 @@ class IngestHandler:
         self.parser = NativeParser(cfg.ingest)
         self.text_parser = prometheus_text.TextParser(cfg.ingest)
         self.rw_parser = remote_write.RemoteWriteParser(cfg.ingest)
+        self.influx_parser = influx.InfluxParser(cfg.ingest)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
         self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
         # path -> (protocol name, parser of a decompressed body)
@@ -181,7 +182,7 @@ class IngestHandler:
     def _influx(self, version: int, raw: bytes, _: str | None, scope: Scope, now: int
                 ) -> IngestBatch:
         precision = _query(scope).get("precision", "ns")
-        batch, strings = influx.parse(raw, self.cfg.ingest, now, precision, version)
+        batch, strings = self.influx_parser.parse(raw, now, precision, version)
         self.m_strings.inc(strings)
         return batch
 

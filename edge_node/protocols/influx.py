@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..config import IngestConfig
 from ..errors import BadRequest
-from ..model import IngestBatch
+from ..model import IngestBatch, SeriesKey
 from .common import SeriesBuilder, sanitize_label, sanitize_name
 
 # precision -> (multiplier, divisor) to milliseconds, in integers (no float rounding)
@@ -104,27 +104,63 @@ def _field_value(text: str, key: str, where: str) -> float | None:
     return value
 
 
-def parse(body: bytes, cfg: IngestConfig, now_ms: int, precision: str = "ns",
-          version: int = 1) -> tuple[IngestBatch, int]:
-    """Parse a request body; returns the batch and the number of string fields skipped."""
-    table = PRECISION_V1 if version == 1 else PRECISION_V2
-    if precision not in table:
-        raise BadRequest(f"precision {precision!r} is not one of {', '.join(table)}",
-                         field="precision")
-    mul, div = table[precision]
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
-    builder = SeriesBuilder(cfg)
-    out = IngestBatch()
-    strings = 0
-    for lineno, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip()
-        if not line or line[0] == "#":
-            continue
-        where = f"line {lineno}"
-        head, fields_s, ts_s = _sections(line, where)
+class InfluxParser:
+    """Parses line protocol, remembering the series key of each (measurement+tags, field) it
+    has seen: a Telegraf agent repeats the same heads every interval."""
+
+    def __init__(self, cfg: IngestConfig, max_cached: int = 1_000_000) -> None:
+        self.cfg = cfg
+        self.max_cached = max_cached
+        self._keys: dict[tuple[str, str], SeriesKey] = {}
+
+    def parse(self, body: bytes, now_ms: int, precision: str = "ns", version: int = 1
+              ) -> tuple[IngestBatch, int]:
+        """Parse a request body; returns the batch and the number of string fields skipped."""
+        table = PRECISION_V1 if version == 1 else PRECISION_V2
+        if precision not in table:
+            raise BadRequest(f"precision {precision!r} is not one of {', '.join(table)}",
+                             field="precision")
+        mul, div = table[precision]
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
+        if len(self._keys) > self.max_cached:
+            self._keys.clear()
+        cache = self._keys
+        builder = SeriesBuilder(self.cfg)
+        out = IngestBatch()
+        strings = 0
+        for lineno, raw in enumerate(text.split("\n"), start=1):
+            line = raw.strip()
+            if not line or line[0] == "#":
+                continue
+            where = f"line {lineno}"
+            head, fields_s, ts_s = _sections(line, where)
+            if ts_s is None:
+                ts = now_ms
+            else:
+                if not ts_s.lstrip("-").isdigit():
+                    raise BadRequest(f"timestamp {ts_s!r} is not an integer", field=where)
+                ts = int(ts_s) * mul // div
+            for field in _split(fields_s, ",", where, quotes=True):
+                kv = _split(field, "=", where, quotes=True)
+                if len(kv) != 2 or not kv[0] or not kv[1]:
+                    raise BadRequest(f"field {field!r} is not key=value", field=where)
+                value = _field_value(kv[1], kv[0], where)
+                if value is None:
+                    strings += 1
+                    continue
+                series = cache.get((head, kv[0]))
+                if series is None:
+                    series = cache[(head, kv[0])] = self._key(head, kv[0], builder, where)
+                builder.add(out, series, ts, value)
+        if not out and strings:
+            return out, strings  # only string fields: valid, nothing to store
+        return builder.finish(out), strings
+
+    @staticmethod
+    def _key(head: str, field_key: str, builder: SeriesBuilder, where: str) -> SeriesKey:
         head_parts = _split(head, ",", where)
         measurement = _unescape(head_parts[0])
         if not measurement:
@@ -135,25 +171,11 @@ def parse(body: bytes, cfg: IngestConfig, now_ms: int, precision: str = "ns",
             if len(kv) != 2 or not kv[0] or not kv[1]:
                 raise BadRequest(f"tag {tag!r} is not key=value", field=where)
             tags.append((sanitize_label(_unescape(kv[0])), _unescape(kv[1])))
-        if ts_s is None:
-            ts = now_ms
-        else:
-            if not ts_s.lstrip("-").isdigit():
-                raise BadRequest(f"timestamp {ts_s!r} is not an integer", field=where)
-            ts = int(ts_s) * mul // div
-        labels = tuple(sorted(tags))
-        prefix = sanitize_name(measurement)
-        for field in _split(fields_s, ",", where, quotes=True):
-            kv = _split(field, "=", where, quotes=True)
-            if len(kv) != 2 or not kv[0] or not kv[1]:
-                raise BadRequest(f"field {field!r} is not key=value", field=where)
-            key = _unescape(kv[0])
-            value = _field_value(kv[1], key, where)
-            if value is None:
-                strings += 1
-                continue
-            series = builder.key(f"{prefix}_{sanitize_label(key)}", labels, where)
-            builder.add(out, series, ts, value)
-    if not out and strings:
-        return out, strings  # only string fields: valid, nothing to store
-    return builder.finish(out), strings
+        name = f"{sanitize_name(measurement)}_{sanitize_label(_unescape(field_key))}"
+        return builder.key(name, tuple(sorted(tags)), where)
+
+
+def parse(body: bytes, cfg: IngestConfig, now_ms: int, precision: str = "ns",
+          version: int = 1) -> tuple[IngestBatch, int]:
+    """Parse one body with a fresh :class:`InfluxParser` (no cache across calls)."""
+    return InfluxParser(cfg).parse(body, now_ms, precision, version)

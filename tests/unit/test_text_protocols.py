@@ -17,6 +17,8 @@ from tests.strategies import influx_lines, prometheus_text_samples
 
 CFG = IngestConfig()
 NOW = 1_795_839_600_000
+SHARED_TEXT = prometheus_text.TextParser(CFG)
+SHARED_INFLUX = influx.InfluxParser(CFG)
 
 
 def _rows(batch: IngestBatch) -> list[tuple[dict[str, str], int, float]]:
@@ -106,6 +108,7 @@ def test_valid_text_round_trips(case: tuple[bytes, list[tuple[str, dict[str, str
                                 ) -> None:
     body, want = case
     rows = _rows(prometheus_text.parse(body, CFG, NOW))
+    assert _rows(SHARED_TEXT.parse(body, NOW)) == rows
     assert len(rows) == len(want)
     for (labels, ts, value), (name, wl, wv, wts) in zip(rows, want, strict=True):
         assert labels["__name__"] == name and ts == wts
@@ -177,6 +180,8 @@ def test_valid_lines_round_trip(case: tuple[bytes, list[tuple[str, dict[str, str
     body, want = case
     batch, strings = influx.parse(body, CFG, NOW)
     assert strings == 0
+    warm, _ = SHARED_INFLUX.parse(body, NOW)  # a long-lived parser's cache answers the same
+    assert warm.metric_keys == batch.metric_keys and warm.metric_ts == batch.metric_ts
     rows = _rows(batch)
     assert len(rows) == len(want)
     for (labels, ts, value), (name, tags, wv, wts) in zip(rows, want, strict=True):
