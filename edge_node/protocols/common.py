@@ -10,6 +10,7 @@ by default), so heartbeats, last-seen and per-device limits work whatever the pr
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from ..config import IngestConfig
 from ..errors import BadRequest, PayloadTooLarge
@@ -31,6 +32,21 @@ def sanitize_name(name: str) -> str:
 
 def sanitize_label(name: str) -> str:
     return sanitize_name(name).replace(":", "_")
+
+
+def text_lines(body: bytes) -> list[str]:
+    """The lines of a UTF-8 text body (Prometheus text, Influx line protocol)."""
+    try:
+        return body.decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
+
+
+def bounded(cache: dict[Any, Any], limit: int) -> dict[Any, Any]:
+    """``cache``, emptied first if it has grown past ``limit`` entries."""
+    if len(cache) > limit:
+        cache.clear()
+    return cache
 
 
 def device_labels(cfg: IngestConfig) -> tuple[str, ...]:

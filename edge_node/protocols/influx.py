@@ -19,7 +19,7 @@ from __future__ import annotations
 from ..config import IngestConfig
 from ..errors import BadRequest
 from ..model import IngestBatch, SeriesKey
-from .common import SeriesBuilder, sanitize_label, sanitize_name
+from .common import SeriesBuilder, bounded, sanitize_label, sanitize_name, text_lines
 
 # precision -> (multiplier, divisor) to milliseconds, in integers (no float rounding)
 PRECISION_V1 = {"n": (1, 1_000_000), "ns": (1, 1_000_000), "u": (1, 1_000), "us": (1, 1_000),
@@ -121,17 +121,12 @@ class InfluxParser:
             raise BadRequest(f"precision {precision!r} is not one of {', '.join(table)}",
                              field="precision")
         mul, div = table[precision]
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
-        if len(self._keys) > self.max_cached:
-            self._keys.clear()
-        cache = self._keys
+        lines = text_lines(body)
+        cache = bounded(self._keys, self.max_cached)
         builder = SeriesBuilder(self.cfg)
         out = IngestBatch()
         strings = 0
-        for lineno, raw in enumerate(text.split("\n"), start=1):
+        for lineno, raw in enumerate(lines, start=1):
             line = raw.strip()
             if not line or line[0] == "#":
                 continue

@@ -19,7 +19,7 @@ import re
 from ..config import IngestConfig
 from ..errors import BadRequest
 from ..model import IngestBatch, SeriesKey
-from .common import SeriesBuilder
+from .common import SeriesBuilder, bounded, text_lines
 
 _SIMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]+(\S+)(?:[ \t]+(\S+))?[ \t]*\Z")
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -107,16 +107,11 @@ class TextParser:
         """Parse a whole (decompressed) request body; every error names its line.
 
         ``allow_empty`` accepts a body without samples (a scrape of an idle exporter)."""
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadRequest(f"body is not UTF-8: {exc}", field="body") from None
-        if len(self._keys) > self.max_cached:
-            self._keys.clear()
-        cache = self._keys
+        lines = text_lines(body)
+        cache = bounded(self._keys, self.max_cached)
         builder = SeriesBuilder(self.cfg, self.target)
         out = IngestBatch()
-        for lineno, raw in enumerate(text.split("\n"), start=1):
+        for lineno, raw in enumerate(lines, start=1):
             line = raw.strip()
             if not line or line[0] == "#":
                 continue

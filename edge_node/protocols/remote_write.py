@@ -21,7 +21,7 @@ import struct
 from ..config import IngestConfig
 from ..errors import BadRequest
 from ..model import NAME_LABEL, IngestBatch, SeriesKey
-from .common import SeriesBuilder
+from .common import SeriesBuilder, bounded
 from .protobuf import Malformed, fields, int64, string_pair, varint
 
 _DOUBLE = struct.Struct("<d")
@@ -39,8 +39,7 @@ class RemoteWriteParser:
 
     def parse(self, body: bytes, now_ms: int) -> tuple[IngestBatch, int]:
         """Parse a (decompressed) WriteRequest; returns the batch and histograms skipped."""
-        if len(self._keys) > self.max_cached:
-            self._keys.clear()
+        bounded(self._keys, self.max_cached)
         builder = SeriesBuilder(self.cfg)
         out = IngestBatch()
         histograms = 0
