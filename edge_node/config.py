@@ -86,6 +86,8 @@ class IngestConfig:
         lambda v: v >= 1, "must be >= 1"))
     max_label_value_length: int = field(default=1024, metadata=_check(
         lambda v: v >= 16, "must be >= 16"))
+    max_label_name_length: int = field(default=128, metadata=_check(
+        lambda v: v >= 16, "must be >= 16"))
     max_log_line_bytes: int = field(default=64 * 1024, metadata=_check(
         lambda v: v >= 64, "must be >= 64"))
     # Which label names a device in protocols that have no device field (Prometheus text and
@@ -341,6 +343,7 @@ max_samples_per_request = 200000
 max_logs_per_request = 50000
 max_labels_per_series = 32
 max_label_value_length = 1024
+max_label_name_length = 128       # also the metric name's limit
 max_log_line_bytes = 65536
 tokens_file = ""                  # device/site bearer tokens (JSON); empty: no device auth
 max_series_per_device = 20000     # active series per device (seen within series_ttl_s); 0: off

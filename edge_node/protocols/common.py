@@ -72,6 +72,9 @@ class SeriesBuilder:
             return got
         if not METRIC_RE.match(name):
             raise BadRequest(f"invalid metric name {name!r}", field=where)
+        if len(name) > self.cfg.max_label_name_length:
+            raise BadRequest(f"metric name longer than {self.cfg.max_label_name_length} "
+                             "characters", field=where)
         key = self._build({NAME_LABEL: name}, labels, where)
         self._keys[cache_key] = key
         return key
@@ -92,6 +95,9 @@ class SeriesBuilder:
         for k, v in labels:
             if not LABEL_RE.match(k) or k == NAME_LABEL:
                 raise BadRequest(f"invalid label name {k!r}", field=where)
+            if len(k) > self.cfg.max_label_name_length:
+                raise BadRequest(f"label name {k[:32]!r}... is longer than "
+                                 f"{self.cfg.max_label_name_length} characters", field=where)
             if len(v) > self.cfg.max_label_value_length:
                 raise BadRequest(f"label {k!r} is longer than "
                                  f"{self.cfg.max_label_value_length} characters", field=where)

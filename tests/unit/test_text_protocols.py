@@ -100,6 +100,11 @@ def test_limits() -> None:
     with pytest.raises(BadRequest, match="longer"):
         prometheus_text.parse(b'm{a="' + b"x" * 20 + b'"} 1',
                               IngestConfig(max_label_value_length=16), NOW)
+    with pytest.raises(BadRequest, match="label name 'aaaa"):
+        prometheus_text.parse(b"m{" + b"a" * 20 + b'="x"} 1',
+                              IngestConfig(max_label_name_length=16), NOW)
+    with pytest.raises(BadRequest, match="metric name longer"):
+        prometheus_text.parse(b"m" * 20 + b" 1", IngestConfig(max_label_name_length=16), NOW)
 
 
 @settings(max_examples=150, deadline=None)
