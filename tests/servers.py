@@ -246,6 +246,22 @@ def start_clickhouse() -> Server:
                   as_user=user).start()
 
 
+#: backend name (as central's sinks call themselves) -> (starter, central's environment variable)
+BACKENDS: dict[str, tuple[Callable[[], Server], str]] = {
+    "postgresql": (start_postgres, "DATABASE_URL"),
+    "victoria-metrics": (start_victoria_metrics, "VICTORIA_METRICS_URL"),
+    "clickhouse": (start_clickhouse, "CLICKHOUSE_URL"),
+    "valkey": (start_redis, "VALKEY_ADDR"),
+}
+
+
+def start_backend(name: str) -> tuple[Server, str]:
+    """A private server of backend ``name`` and the value of its environment variable."""
+    server = BACKENDS[name][0]()
+    url = create_database(server, "fleet") if name == "postgresql" else server.url
+    return server, url
+
+
 def _has_user(name: str) -> bool:
     import pwd
 

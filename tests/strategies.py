@@ -1,10 +1,15 @@
-"""Hypothesis strategies shared by the tests (kept in the repo so fuzzing is repeatable)."""
+"""Hypothesis strategies shared by the tests (kept in the repo so fuzzing is repeatable), and
+the check every parser fuzz test makes."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
 
+from edge_node.errors import IngestError
 from edge_node.wire import Columns
 
 TS_MIN, TS_MAX = 1_000_000_000_000, 9_999_999_999_999
@@ -200,3 +205,11 @@ def encode_push_request(streams: list[tuple[str, list[tuple[int, str, dict[str, 
             msg += _pb_len(2, entry)
         out += _pb_len(1, msg)
     return out
+
+
+def refused_cleanly(parse: Callable[[], Any]) -> None:
+    """Run ``parse``: it may succeed, or refuse with a 4xx that says why; nothing else escapes."""
+    try:
+        parse()
+    except IngestError as exc:
+        assert 400 <= exc.status < 500 and exc.message

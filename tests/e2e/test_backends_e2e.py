@@ -28,32 +28,17 @@ from tests.readers import ch_query, psql, redis_cli, vm_export
 
 pytestmark = pytest.mark.e2e
 
-START = {"postgresql": servers.start_postgres, "victoria-metrics": servers.start_victoria_metrics,
-         "clickhouse": servers.start_clickhouse, "valkey": servers.start_redis}
-ENV = {"postgresql": "DATABASE_URL", "victoria-metrics": "VICTORIA_METRICS_URL",
-       "clickhouse": "CLICKHOUSE_URL", "valkey": "VALKEY_ADDR"}
-
-
-@pytest.fixture
-def procs() -> list[Proc]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def _stored_values(vm_url: str, node: str) -> list[float]:
     return [v for s in vm_export(vm_url, f'load_seq{{node="{node}"}}') for v in s["values"]]
 
 
-@pytest.mark.parametrize("backend", sorted(START))
+@pytest.mark.parametrize("backend", sorted(servers.BACKENDS))
 async def test_backend_stopped_mid_run_loses_and_duplicates_nothing(
         backend: str, backends: Backends, tmp_path: Path, procs: list[Proc]) -> None:
-    private = START[backend]()
+    private, url = servers.start_backend(backend)
     try:
-        url = (servers.create_database(private, "fleet") if backend == "postgresql"
-               else private.url)
-        env = backends.with_env(**{ENV[backend]: url, "FLEET_CENTRAL_ONLINE_TTL_S": "864000000"})
+        env = backends.with_env(**{servers.BACKENDS[backend][1]: url,
+                                   "FLEET_CENTRAL_ONLINE_TTL_S": "864000000"})
         central_cli("migrate", env=env)
         node, org = f"edge-{backends.tag}", f"org-{backends.tag}"
         key = register(tmp_path, node, env=env, org=org)

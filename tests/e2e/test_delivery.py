@@ -45,14 +45,6 @@ async def _drain(tmp: Path, load: LoadGenerator, timeout: float = 60) -> None:
             await trio.sleep(0.2)
 
 
-@pytest.fixture
-def procs() -> list[Proc]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def _cluster(tmp: Path, procs: list[Proc], extra: str = "") -> tuple[Proc, Proc, str]:
     """Start central, register a node, start its edge; both are stopped after the test."""
     central = start_central(tmp)

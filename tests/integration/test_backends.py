@@ -232,21 +232,12 @@ async def test_partial_success_is_not_duplicated_on_retry(backends: Backends,
         assert int(rows[0]["n"]) == 5
 
 
-START = {"postgresql": servers.start_postgres, "victoria-metrics": servers.start_victoria_metrics,
-         "clickhouse": servers.start_clickhouse, "valkey": servers.start_redis}
-ENV = {"postgresql": "DATABASE_URL", "victoria-metrics": "VICTORIA_METRICS_URL",
-       "clickhouse": "CLICKHOUSE_URL", "valkey": "VALKEY_ADDR"}
-
-
-@pytest.mark.parametrize("backend", sorted(START))
+@pytest.mark.parametrize("backend", sorted(servers.BACKENDS))
 async def test_a_backend_down_means_503_then_exactly_once(backend: str, backends: Backends,
                                                           tmp_path: Path) -> None:
-    private = START[backend]()
+    private, url = servers.start_backend(backend)
     try:
-        url = private.url
-        if backend == "postgresql":
-            url = servers.create_database(private, "fleet")
-        async with central_on(backends, tmp_path, **{ENV[backend]: url}) as run:
+        async with central_on(backends, tmp_path, **{servers.BACKENDS[backend][1]: url}) as run:
             assert (await run.post(metrics_batch(run.node, 1))).status_code == 200
             if backend == "victoria-metrics":
                 # VictoriaMetrics acknowledges samples it holds in memory for ~1 s before they
