@@ -67,6 +67,14 @@ def _pieces(numbers: list[int] | list[float], starts: npt.NDArray[np.int64],
     return [text[a:b] for a, b in zip(lo, hi, strict=True)]
 
 
+def sendable(job: Job, cutoff_ms: int) -> tuple[npt.NDArray[np.bool_], int, int]:
+    """Which samples go to VictoriaMetrics: (mask, older than the retention, NaN/±Inf)."""
+    assert job.values is not None
+    finite = np.isfinite(job.values)
+    recent = job.ts >= cutoff_ms
+    return finite & recent, int((~recent).sum()), int((~finite & recent).sum())
+
+
 # Series per body chunk: joining ~1 MB at a time stays in the CPU cache; one 10+ MB join of
 # half a million pieces costs four times as much.
 CHUNK_SERIES = 2000
@@ -81,11 +89,7 @@ def encode_import(job: Job, cutoff_ms: int, prefixes: dict[int, bytes] | None = 
     ``{"metric":{...},"values":[`` across batches.
     """
     assert job.values is not None
-    finite = np.isfinite(job.values)
-    recent = job.ts >= cutoff_ms
-    keep = finite & recent
-    expired = int((~recent).sum())
-    nonfinite = int((~finite & recent).sum())
+    keep, expired, nonfinite = sendable(job, cutoff_ms)
     sids, starts_a = job.grouping.sids, job.grouping.starts
     ts, vals = job.ts, job.values
     if not bool(keep.all()):
@@ -155,11 +159,7 @@ def encode_text(job: Job, cutoff_ms: int, heads: dict[int, bytes | None] | None 
     head_list = list(map(cache.__getitem__, sid_list))
     if None in head_list:
         return None
-    finite = np.isfinite(job.values)
-    recent = job.ts >= cutoff_ms
-    keep = finite & recent
-    expired = int((~recent).sum())
-    nonfinite = int((~finite & recent).sum())
+    keep, expired, nonfinite = sendable(job, cutoff_ms)
     vals, ts = job.values, job.ts
     if not bool(keep.all()):
         vals, ts = vals[keep], ts[keep]
