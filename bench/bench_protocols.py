@@ -24,28 +24,22 @@ import msgpack
 
 from bench.bench_ingest import measure
 from bench.bench_vmagent import _prom_text, _start_vmagent
-from bench.workload import METRICS, Step, native_payloads, series_labels, steps
+from bench.workload import Step, native_payloads, step_samples, steps
 from tests.e2e.procs import edge_proc, free_port, write_edge_config
 from tests.strategies import encode_write_request
 
 
 def _remote_write(step: Step, devices: range) -> bytes:
-    series = []
-    for d in devices:
-        for m in range(METRICS):
-            series.append((series_labels(d, m), [(float(step.values[d, m]), step.ts_ms)]))
+    series = [({"__name__": name, **labels}, [(value, ts)])
+              for name, labels, value, ts in step_samples(step, devices)]
     return bytes(cramjam.snappy.compress_raw(encode_write_request(series)))
 
 
 def _influx(step: Step, devices: range) -> bytes:
     lines = []
-    for d in devices:
-        for m in range(METRICS):
-            lbl = series_labels(d, m)
-            name = lbl.pop("__name__")
-            tags = ",".join(f"{k}={v}" for k, v in sorted(lbl.items()))
-            lines.append(f"{name},{tags} value={float(step.values[d, m])!r} "
-                         f"{step.ts_ms * 1_000_000}")
+    for name, labels, value, ts in step_samples(step, devices):
+        tags = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        lines.append(f"{name},{tags} value={value!r} {ts * 1_000_000}")
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench.bench_ingest import measure
-from bench.workload import DEVICES, METRICS, STEPS, Step, series_labels, steps
+from bench.workload import DEVICES, METRICS, STEPS, Step, step_samples, steps
 from tests.e2e.procs import free_port
 
 
@@ -52,12 +52,9 @@ class _Counter(BaseHTTPRequestHandler):
 
 def _prom_text(step: Step, devices: range) -> bytes:
     lines = []
-    for d in devices:
-        for m in range(METRICS):
-            lbl = series_labels(d, m)
-            name = lbl.pop("__name__")
-            inner = ",".join(f'{k}="{v}"' for k, v in sorted(lbl.items()))
-            lines.append(f"{name}{{{inner}}} {float(step.values[d, m])!r} {step.ts_ms}")
+    for name, labels, value, ts in step_samples(step, devices):
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        lines.append(f"{name}{{{inner}}} {value!r} {ts}")
     return ("\n".join(lines) + "\n").encode()
 
 

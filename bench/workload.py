@@ -42,6 +42,15 @@ def steps(seed: int = 1, devices: int = DEVICES, n_steps: int = STEPS) -> Iterat
         yield Step(T0_MS + s * STEP_MS, np.concatenate([gauges, counters], axis=1))
 
 
+def step_samples(step: Step, devices: range) -> Iterator[tuple[str, dict[str, str], float, int]]:
+    """(metric name, other labels, value, ts ms) of every series of ``devices`` in ``step``."""
+    for d in devices:
+        for m in range(METRICS):
+            labels = series_labels(d, m)
+            name = labels.pop("__name__")
+            yield name, labels, float(step.values[d, m]), step.ts_ms
+
+
 def native_payloads(step: Step, devices: int = DEVICES) -> Iterator[dict[str, object]]:
     """The step as native ingest requests, one per device (100 samples each)."""
     for d in range(devices):
