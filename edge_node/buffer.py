@@ -10,9 +10,14 @@ Layout (one SQLite file in WAL mode)::
     journal(id, kind, n, created_ms, blob)
                                          what ingest committed, one row per request and kind,
                                          raw columns: durable at once, cheap to write
-    segments(seq, kind, n, min_ts, max_ts, created_ms, attempts, size, blob)
+    segments(seq, kind, n, min_ts, max_ts, created_ms, attempts, size, summarised, blob)
                                          journal rows rolled into compressed columnar segments
-                                         (:mod:`edge_node.wire`), shipped to central unchanged
+                                         (:mod:`edge_node.wire`), shipped to central unchanged;
+                                         ``summarised``: raw metrics that stream-aggregation
+                                         rollups cover (compacted first under disk pressure)
+    agg_state(fingerprint, name, saved_ms, blob)
+                                         each aggregation rule's state at the last checkpoint
+    agg_log(id, now_ms, n, blob)         the samples aggregated since then (replayed on start)
     dead_letters(seq, kind, n, reason, failed_ms, blob)
                                          segments central refused as malformed: kept, counted
     counters(name, value)                persistent counts (drops, dead letters, acks)
@@ -32,7 +37,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import numpy as np
@@ -40,10 +45,10 @@ import zstandard
 
 from .errors import BufferError_
 from .model import IngestBatch, SeriesKey
-from .wire import KINDS, Columns, decode_segment, encode_segment
+from .wire import KINDS, VALUE_KINDS, Columns, decode_segment, encode_segment
 
 # Drop order under disk pressure: lowest priority first. Heartbeats are never dropped.
-DROP_ORDER = ("logs", "metrics")
+DROP_ORDER = ("logs", "metrics", "rollups")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,12 +61,19 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS segments (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, n INTEGER NOT NULL,
     min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL, created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, blob BLOB NOT NULL);
+    attempts INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, blob BLOB NOT NULL,
+    summarised INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS segments_kind ON segments(kind, seq);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, n INTEGER NOT NULL, reason TEXT NOT NULL,
     failed_ms INTEGER NOT NULL, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_state (
+    fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, saved_ms INTEGER NOT NULL,
+    blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS agg_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER NOT NULL, n INTEGER NOT NULL,
+    blob BLOB NOT NULL);
 """
 
 
@@ -151,11 +163,49 @@ def _unpack_journal(kind: str, blobs: Iterable[bytes]) -> Columns:
             lines.extend(doc["l"])
     cols = Columns(kind=kind, series=np.concatenate(s) if s else np.zeros(0, np.int64),
                    ts=np.concatenate(t) if t else np.zeros(0, np.int64))
-    if kind == "metrics":
+    if kind in VALUE_KINDS:
         cols.values = np.concatenate(v) if v else np.zeros(0, np.float64)
     if kind == "logs":
         cols.lines = lines
     return cols
+
+
+def pack_rows(cols: Columns) -> bytes:
+    """Metric rows as one journal-format blob (the aggregation replay log uses it too)."""
+    doc = {"s": np.asarray(cols.series, np.int64).tobytes(),
+           "t": np.asarray(cols.ts, np.int64).tobytes(),
+           "v": np.asarray(cols.values, np.float64).tobytes()}
+    return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_rows(kind: str, blob: bytes) -> Columns:
+    return _unpack_journal(kind, [blob])
+
+
+@dataclass
+class StageOutput:
+    """What a :class:`RollStage` wants written when a roll ends (all in one transaction)."""
+
+    rollups: Columns | None = None          # output rows of closed windows
+    new_series: list[tuple[int, SeriesKey]] | None = None  # definitions they need
+    states: dict[str, tuple[str, bytes]] | None = None     # checkpoint: fingerprint -> state
+    compact_before_ms: int = 0              # summarised raw rows older than this are covered
+
+
+class RollStage(Protocol):
+    """Stream aggregation as the journal is rolled (see :mod:`edge_node.rollups`)."""
+
+    def split(self, cols: Columns, now_ms: int) -> tuple[list[tuple[Columns, bool]], bytes | None]:
+        """Raw metric rows to keep as segments (with their summarised flag), and the rows to
+        append to the replay log (or None)."""
+        ...
+
+    def finish(self, now_ms: int, force: bool) -> StageOutput | None:
+        ...
+
+    def load(self, store: Store) -> None:
+        """(Re)build the state from the last checkpoint plus the replay log."""
+        ...
 
 
 class Store:
@@ -176,9 +226,13 @@ class Store:
             # it counts against the disk budget, so it must not stay large after a burst.
             c.execute("PRAGMA journal_size_limit=4194304")
             c.executescript(_SCHEMA)
+            cols = {r[1] for r in c.execute("PRAGMA table_info(segments)")}
+            if "summarised" not in cols:  # a buffer made before stream aggregation
+                c.execute("ALTER TABLE segments ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
             raise BufferError_(f"cannot open buffer {self.path}: {exc}") from exc
         self._labels: dict[int, SeriesKey] = {}
+        self.compact_before_ms = 0
         row = c.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
         if row is None:
             self.epoch = uuid.uuid4().hex
@@ -203,6 +257,9 @@ class Store:
                 self._labels[sid] = key
                 top = max(top, sid)
         return out, top + 1
+
+    def labels_of(self, sid: int) -> SeriesKey | None:
+        return self._labels.get(sid)
 
     def series_labels(self, ids: Iterable[int]) -> list[tuple[int, dict[str, str]]]:
         return [(sid, dict(self._labels[sid])) for sid in ids if sid in self._labels]
@@ -246,35 +303,92 @@ class Store:
         one, and under load every hand-back can wait for the busy event-loop thread.
         """
         created = now_ms()
-        block = None
-        if new_series:
-            flat = [[sid, *(x for kv in key for x in kv)] for sid, key in new_series]
-            ids = [sid for sid, _ in new_series]
-            block = (min(ids), max(ids),
-                     zstandard.ZstdCompressor(level=3).compress(msgpack.packb(flat)),
-                     json.dumps(ids))
         with self._tx():
-            if block is not None:
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO series_blocks(first_id, last_id, blob) VALUES (?,?,?)",
-                    block[:3])
-                self.conn.execute("INSERT OR IGNORE INTO series_unacked(id) "
-                                  "SELECT value FROM json_each(?)", (block[3],))
+            self._define_series(new_series)
             self.conn.executemany(
                 "INSERT INTO journal(kind, n, created_ms, blob) VALUES (?, ?, ?, ?)",
                 [(kind, n, created, blob) for kind, n, blob in rows])
         for sid, key in new_series:
             self._labels[sid] = key
 
+    def _define_series(self, new_series: Sequence[tuple[int, SeriesKey]]) -> None:
+        """Store definitions of new series as one block, not yet confirmed by central."""
+        if not new_series:
+            return
+        flat = [[sid, *(x for kv in key for x in kv)] for sid, key in new_series]
+        ids = [sid for sid, _ in new_series]
+        self.conn.execute(
+            "INSERT OR IGNORE INTO series_blocks(first_id, last_id, blob) VALUES (?,?,?)",
+            (min(ids), max(ids), zstandard.ZstdCompressor(level=3).compress(msgpack.packb(flat))))
+        self.conn.execute("INSERT OR IGNORE INTO series_unacked(id) "
+                          "SELECT value FROM json_each(?)", (json.dumps(ids),))
+
     # -- segments ------------------------------------------------------------------------------
 
-    def roll(self, *, max_rows: int = 2_000_000, max_bytes: int = 8 << 20) -> list[int]:
+    def roll(self, *, max_rows: int = 2_000_000, max_bytes: int = 8 << 20,
+             stage: RollStage | None = None, now: int | None = None,
+             force_checkpoint: bool = False) -> list[int]:
         """Turn journal rows into segments, per kind, until the journal is empty.
 
         A segment holds at most ``max_rows`` rows and is made from at most ``max_bytes`` of
         journal (raw columns, so the compressed segment is smaller): every segment fits in
         one batch central accepts. Returns the new segment seqs.
+
+        With a ``stage`` (stream aggregation), metric rows pass through it first: each journal
+        chunk's segments, its replay-log entry and the journal deletion commit together, then
+        the outputs of closed windows and (when due) a state checkpoint commit together, so a
+        crash at any point neither loses nor double-counts a sample. Should a transaction
+        fail, the stage reloads its state from the database before the error propagates.
         """
+        try:
+            made = self._roll(max_rows, max_bytes, stage, now_ms() if now is None else now)
+            if stage is not None:
+                made += self._finish_stage(stage, now_ms() if now is None else now,
+                                           force_checkpoint, max_rows)
+        except BaseException:
+            if stage is not None:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                stage.load(self)
+            raise
+        return made
+
+    def _finish_stage(self, stage: RollStage, now: int, force: bool, max_rows: int
+                      ) -> list[int]:
+        res = stage.finish(now, force)
+        if res is None:
+            return []
+        made: list[int] = []
+        with self._tx():
+            if res.new_series:
+                self._define_series(res.new_series)
+            if res.rollups is not None and len(res.rollups):
+                cols = res.rollups
+                for a in range(0, len(cols), max_rows):
+                    part = Columns("rollups", cols.series[a:a + max_rows], cols.ts[a:a + max_rows],
+                                   None if cols.values is None else cols.values[a:a + max_rows])
+                    made.append(self._insert_segment("rollups", part, encode_segment(part)))
+                self._bump("rollups_made", len(cols))
+            if res.states is not None:
+                self.conn.execute("DELETE FROM agg_state")
+                self.conn.executemany(
+                    "INSERT INTO agg_state(fingerprint, name, saved_ms, blob) VALUES (?,?,?,?)",
+                    [(fp, name, now, blob) for fp, (name, blob) in res.states.items()])
+                self.conn.execute("DELETE FROM agg_log")
+        for sid, key in res.new_series or ():
+            self._labels[sid] = key
+        self.compact_before_ms = res.compact_before_ms
+        return made
+
+    def agg_saved(self) -> tuple[dict[str, bytes], list[tuple[int, bytes]]]:
+        """The last checkpoint (state by rule fingerprint) and the replay log after it."""
+        states = dict(self.conn.execute("SELECT fingerprint, blob FROM agg_state").fetchall())
+        log = [(int(t), b) for t, b in
+               self.conn.execute("SELECT now_ms, blob FROM agg_log ORDER BY id")]
+        return states, log
+
+    def _roll(self, max_rows: int, max_bytes: int, stage: RollStage | None, now: int
+              ) -> list[int]:
         made = []
         for kind in KINDS:
             after = 0
@@ -294,21 +408,30 @@ class Store:
                 if not ids:
                     break
                 cols = _unpack_journal(kind, blobs)
-                seg = encode_segment(cols)
+                parts: list[tuple[Columns, bool]] = [(cols, False)]
+                logged = None
+                if stage is not None and kind == "metrics":
+                    parts, logged = stage.split(cols, now)
+                segs = [(part, flag, encode_segment(part)) for part, flag in parts if len(part)]
                 with self._tx():
-                    made.append(self._insert_segment(kind, cols, seg))
+                    for part, flag, seg in segs:
+                        made.append(self._insert_segment(kind, part, seg, summarised=flag))
+                    if logged is not None:
+                        self.conn.execute("INSERT INTO agg_log(now_ms, n, blob) VALUES (?,?,?)",
+                                          (now, len(cols), logged))
                     self.conn.execute("DELETE FROM journal WHERE kind=? AND id<=?",
                                       (kind, ids[-1]))
                 after = ids[-1]
         return made
 
     def _insert_segment(self, kind: str, cols: Columns, seg: bytes,
-                        created_ms: int | None = None) -> int:
+                        created_ms: int | None = None, summarised: bool = False) -> int:
         cur = self.conn.execute(
-            "INSERT INTO segments(kind, n, min_ts, max_ts, created_ms, size, blob) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO segments(kind, n, min_ts, max_ts, created_ms, size, blob, summarised) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (kind, len(cols), int(cols.ts.min()) if len(cols) else 0,
-             int(cols.ts.max()) if len(cols) else 0, created_ms or now_ms(), len(seg), seg))
+             int(cols.ts.max()) if len(cols) else 0, created_ms or now_ms(), len(seg), seg,
+             int(summarised)))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -323,11 +446,17 @@ class Store:
         skip = set(exclude)
         out: list[tuple[int, int]] = []
         rows = size = 0
-        for seq, n, sz in self.conn.execute(
-                "SELECT seq, n, size FROM segments WHERE kind=? AND attempts=0 AND created_ms<=? "
-                "ORDER BY seq", (kind, older_than_ms)):
+        flag = None
+        for seq, n, sz, summ in self.conn.execute(
+                "SELECT seq, n, size, summarised FROM segments WHERE kind=? AND attempts=0 "
+                "AND created_ms<=? ORDER BY seq", (kind, older_than_ms)):
             if seq in skip:
                 break
+            if flag is not None and summ != flag:  # summarised rows stay apart (compaction)
+                if len(out) >= 2:
+                    break
+                out, rows, size = [], 0, 0
+            flag = summ
             if rows + n > max_rows or size + sz > max_bytes:
                 if len(out) >= 2:
                     break
@@ -357,11 +486,11 @@ class Store:
                 list(seqs)).fetchone()
             if still != len(seqs):
                 return 0
-            (created,) = self.conn.execute(
-                f"SELECT min(created_ms) FROM segments WHERE seq IN ({marks})",
+            (created, summ) = self.conn.execute(
+                f"SELECT min(created_ms), min(summarised) FROM segments WHERE seq IN ({marks})",
                 list(seqs)).fetchone()
             self.conn.execute(f"DELETE FROM segments WHERE seq IN ({marks})", list(seqs))
-            new = self._insert_segment(kind, cols, seg, created_ms=created)
+            new = self._insert_segment(kind, cols, seg, created_ms=created, summarised=bool(summ))
             self._bump("segments_merged", len(seqs))
         return new
 
@@ -469,7 +598,10 @@ class Store:
     def enforce_budget(self, max_bytes: int, exclude: Iterable[int] = ()) -> dict[str, int]:
         """Drop the oldest lowest-priority segments until the buffer fits ``max_bytes``.
 
-        Heartbeats are never dropped. Returns rows dropped per kind.
+        Raw metrics that stream-aggregation rollups already summarise (every row covered by a
+        rule whose windows over them have closed) go first, counted as ``compacted_metrics``
+        (key ``compacted`` in the result): the site keeps their rollups. Then the oldest
+        logs, metrics, rollups. Heartbeats are never dropped. Returns rows removed per kind.
         """
         dropped: dict[str, int] = {}
         skip = set(exclude)
@@ -477,6 +609,17 @@ class Store:
         if used <= max_bytes:
             return dropped
         with self._tx():
+            for seq, n, size in self.conn.execute(
+                    "SELECT seq, n, size FROM segments WHERE kind='metrics' AND summarised=1 "
+                    "AND max_ts<? ORDER BY seq", (self.compact_before_ms,)).fetchall():
+                if used <= max_bytes:
+                    break
+                if seq in skip:
+                    continue
+                self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
+                dropped["compacted"] = dropped.get("compacted", 0) + n
+                used -= size
+                self._bump("compacted_metrics", n)
             for kind in DROP_ORDER:
                 rows = self.conn.execute(
                     "SELECT seq, n, size FROM segments WHERE kind=? ORDER BY seq",

@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the node's config (to find its listen address)")
     st.add_argument("--url", help="the node's base URL instead of --config")
     st.add_argument("--json", action="store_true")
+    ag = sub.add_parser("aggregates", help="show a running node's stream-aggregation rules: "
+                                           "series, windows, late samples, last outputs")
+    ag.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    help="the node's config (to find its listen address)")
+    ag.add_argument("--url", help="the node's base URL instead of --config")
+    ag.add_argument("--json", action="store_true")
     dl = sub.add_parser("dead-letters", help="list the batches central refused as malformed; "
                                              "--requeue sends them again")
     dl.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
@@ -116,16 +122,59 @@ async def _run(cfg: EdgeConfig) -> None:
         await stop_on_signal(node.stop, "fleet_edge")
 
 
-def _status(args: argparse.Namespace) -> int:
+def _node_url(args: argparse.Namespace) -> str | None:
+    """The running node's base URL from --url or the listen address in --config."""
     if args.url:
-        base = args.url.rstrip("/")
-    elif args.config:
+        return str(args.url).rstrip("/")
+    if args.config:
         cfg = _load(args.config)
         host = cfg.listen_host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        base = f"http://{host}:{cfg.listen_port}"
-    else:
-        print("fleet-edge status: give --config FILE or --url URL", file=sys.stderr)
+        return f"http://{host}:{cfg.listen_port}"
+    print(f"fleet-edge {args.cmd}: give --config FILE or --url URL", file=sys.stderr)
+    return None
+
+
+def _aggregates(args: argparse.Namespace) -> int:
+    base = _node_url(args)
+    if base is None:
+        return 2
+    try:
+        doc = httpx.get(base + "/api/v1/aggregates", timeout=10).json()
+    except httpx.HTTPError as exc:
+        print(f"fleet-edge aggregates: cannot reach the node at {base}: {exc}", file=sys.stderr)
+        return 1
+    rules = doc.get("rules", [])
+    if args.json:
+        print(json.dumps(rules, indent=2))
+        return 0
+    if not rules:
+        print("no stream-aggregation rules (set aggregate.rules_file)")
+        return 0
+    print(f"{'RULE':<34} {'EVERY':>6} {'SERIES':>7} {'GROUPS':>7} {'SAMPLES':>11} {'LATE':>7} "
+          f"{'OUTPUT ROWS':>11}  LAST WINDOW (UTC)")
+    for r in rules:
+        last = r.get("last_output") or {}
+        window = (f"{_utc(last['window_start_ms'])} +{r['interval']} ({last['series']} rows)"
+                  if last else "-")
+        print(f"{r['name'][:34]:<34} {r['interval']:>6} {r['series']:>7,} {r['groups']:>7,} "
+              f"{r['samples']:>11,} {r['late_samples']:>7,} {r['emitted']:>11,}  {window}")
+    for r in rules:
+        keeps = (f"by {', '.join(r['by'])}" if r.get("by") else
+                 f"without {', '.join(r['without'])}" if r.get("without") else "all labels")
+        print(f"\n{r['name']}: {' or '.join(r['match'])} every {r['interval']} ({keeps}), "
+              f"grace {r['grace_s']:g}s, raw {'kept' if r['keep_raw'] else 'not forwarded'}")
+        print(f"  outputs: {', '.join(r['outputs'])}")
+        for labels, value in (r.get("last_output") or {}).get("sample", []):
+            name = labels.pop("__name__", "")
+            inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            print(f"  {name}{{{inner}}} = {value:g}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    base = _node_url(args)
+    if base is None:
         return 2
     try:
         health = httpx.get(base + "/healthz", timeout=5).json()
@@ -143,7 +192,7 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     print(f"node {health.get('node_id')} (fleet-edge {health.get('version')}) at {base}: "
           f"{health.get('status')}")
-    for kind in ("metrics", "logs", "heartbeats"):
+    for kind in ("metrics", "rollups", "logs", "heartbeats"):
         lab = f'{{kind="{kind}"}}'
         print(f"  {kind:<11} ingested {values.get('fleet_edge_ingested_total' + lab, 0):>12,.0f}"
               f"  acked {values.get('fleet_edge_acked_total' + lab, 0):>12,.0f}"
@@ -233,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "status":
         return _status(args)
+    if args.cmd == "aggregates":
+        return _aggregates(args)
     if args.cmd == "dead-letters":
         return _dead_letters(args)
     if args.cmd == "devices":

@@ -119,6 +119,18 @@ class ScrapeConfig:
     job: str = field(default="scrape", metadata=_check(bool, "must not be empty"))
 
 
+@dataclass(frozen=True)
+class AggregateConfig:
+    """Stream aggregation: rollups and percentiles computed at the site."""
+
+    # vmagent-style YAML (a list of rules) or TOML ([[rules]]); empty: no aggregation
+    rules_file: str = ""
+    # the aggregation state is saved at every window close, on shutdown and at least this often
+    # (what came after is replayed from the buffer on start)
+    checkpoint_interval_s: float = field(default=60.0, metadata=_check(
+        lambda v: 1 <= v <= 3600, "must be between 1 and 3600"))
+
+
 def _listen_ok(v: str) -> bool:
     host, sep, port = v.rpartition(":")
     return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
@@ -143,6 +155,7 @@ class EdgeConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
 
     @property
     def listen_host(self) -> str:
@@ -151,6 +164,10 @@ class EdgeConfig:
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    def aggregation_rules(self) -> list[Any]:
+        """The stream-aggregation rules (read from ``aggregate.rules_file`` on each call)."""
+        return load_aggregation_rules(self.aggregate.rules_file)
 
     @property
     def db_path(self) -> Path:
@@ -203,6 +220,19 @@ def _cross_checks(cfg: EdgeConfig) -> None:
         raise ConfigError("scrape.timeout_s", "must be <= scrape.interval_s")
     if cfg.ingest.max_decompressed_bytes < cfg.ingest.max_body_bytes:
         raise ConfigError("ingest.max_decompressed_bytes", "must be >= ingest.max_body_bytes")
+    cfg.aggregation_rules()  # raises ConfigError naming the rule and field
+
+
+def load_aggregation_rules(path: str) -> list[Any]:
+    """The rules of ``aggregate.rules_file``; errors name the file, rule and field."""
+    if not path:
+        return []
+    from .aggregate import RuleError, load_rules_file
+
+    try:
+        return load_rules_file(path)
+    except RuleError as exc:
+        raise ConfigError("aggregate.rules_file", f"{path}: {exc}") from None
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -351,6 +381,16 @@ series_ttl_s = 3600.0
 # Prometheus text / Influx line protocol: the first of these labels a series carries names its
 # device (becomes its `device` label)
 device_labels = "device,device_id,host,instance"
+
+[aggregate]
+# Stream aggregation rules, in vmagent's YAML format (or TOML with [[rules]]), e.g.
+#   - match: 'cpu_usage_percent{site!=""}'
+#     interval: 5m
+#     by: [site]
+#     outputs: [avg, max, "quantiles(0.5, 0.9, 0.99)"]
+#     keep_raw: false        # only the rollups leave the site
+rules_file = ""
+checkpoint_interval_s = 60.0      # state saved at window closes, on shutdown and this often
 
 [scrape]
 static_targets = ""               # e.g. "10.0.0.5:9100,http://cam-1.local:8080/metrics"

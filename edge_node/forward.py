@@ -23,7 +23,7 @@ from .backoff import Backoff, parse_retry_after
 from .buffer import PendingSegment
 from .config import EdgeConfig
 from .metrics import Registry
-from .wire import BATCH_CONTENT_TYPE, Batch, decode_segment, encode_batch
+from .wire import BATCH_CONTENT_TYPE, KINDS, Batch, decode_segment, encode_batch
 from .writer import BufferService
 
 log = logging.getLogger("fleet_edge.forward")
@@ -82,7 +82,7 @@ class Forwarder:
         r.gauge("last_ack_timestamp_seconds", "When central last acknowledged a batch.",
                 callback=lambda: self.last_ack_s)
         counters = buffer.stats_cache.counters
-        for kind in ("heartbeats", "metrics", "logs"):
+        for kind in KINDS:
             self.m_acked.inc(counters.get(f"acked_{kind}", 0), kind)
             self.m_dead.inc(counters.get(f"dead_lettered_{kind}", 0), kind)
 

@@ -274,6 +274,13 @@ def create_app(cfg: EdgeConfig, buffer: BufferService, registry: Registry,
         body = {"status": "ok", "node_id": cfg.node_id, **health()}
         return Response(json.dumps(body), mimetype="application/json")
 
+    @app.get("/api/v1/aggregates")
+    async def aggregates() -> Response:
+        stage = buffer.stage
+        rules = [] if stage is None else await trio.to_thread.run_sync(stage.summary)
+        return Response(json.dumps({"node_id": cfg.node_id, "rules": rules}),
+                        mimetype="application/json")
+
     @app.get("/metrics")
     async def metrics() -> Response:
         with trio.move_on_after(2):

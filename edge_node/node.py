@@ -77,7 +77,9 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     # leave room for the batch envelope and the series definitions that may ride along
     register_process_metrics(registry, cfg.data_dir)
     buffer = BufferService(store, cfg.buffer, registry,
-                           max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75))
+                           max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75),
+                           rules=cfg.aggregation_rules(),
+                           checkpoint_interval_s=cfg.aggregate.checkpoint_interval_s)
     own_client = client is None
     if client is None:
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)

@@ -9,18 +9,21 @@ channel makes handlers wait, which is how back-pressure reaches the devices.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar, TypeVarTuple
 
 import trio
 
+from .aggregate import Rule
 from .buffer import PendingSegment, Store, now_ms, pack_journal_rows
 from .config import BufferConfig
 from .errors import BufferError_
 from .metrics import Registry
 from .model import IngestBatch, SeriesKey
+from .rollups import RollupStage
 from .wire import KINDS, concat_columns, decode_segment, encode_segment
 
 log = logging.getLogger("fleet_edge.buffer")
@@ -43,11 +46,15 @@ class BufferService:
     """Owns the :class:`Store` and every task that writes to it."""
 
     def __init__(self, store: Store, cfg: BufferConfig, registry: Registry, *,
-                 max_segment_bytes: int = 8 << 20, inline: bool = False) -> None:
+                 max_segment_bytes: int = 8 << 20, inline: bool = False,
+                 rules: Sequence[Rule] = (), checkpoint_interval_s: float = 60.0) -> None:
         """Args:
             max_segment_bytes: upper bound for one segment, so it fits one batch to central.
             inline: run store calls on the Trio thread instead of a worker thread. Only for
                 tests on a virtual clock (``autojump_clock`` would jump while a thread works).
+            rules: stream-aggregation rules, applied as the journal is rolled.
+            checkpoint_interval_s: how often (at most) the aggregation state is saved besides
+                window closes and shutdown (the samples since are replayed on start).
         """
         self.store = store
         self.cfg = cfg
@@ -57,6 +64,12 @@ class BufferService:
         self.merge_limiter = trio.CapacityLimiter(1)
         self.series, self.next_sid = store.load_series()
         self.unsaved: list[tuple[int, SeriesKey]] = []
+        self._intern_lock = threading.Lock()  # the roll interns rollup series on its thread
+        self.stage: RollupStage | None = None
+        if rules:
+            self.stage = RollupStage(rules, self.intern_durable, store.labels_of,
+                                     checkpoint_interval_s=checkpoint_interval_s)
+            self.stage.load(store)
         self.inflight: set[int] = set()
         self.segment_ready = trio.Event()
         self._send, self._recv = trio.open_memory_channel[_Ticket](cfg.queue_size)
@@ -74,7 +87,13 @@ class BufferService:
         self.m_rolls = r.counter("segments_rolled_total", "Segments made from the journal.")
         self.m_merged = r.counter("segments_merged_total",
                                   "Backlogged segments merged into denser ones.")
+        self.m_compacted = r.counter(
+            "compacted_total", "Raw metric rows removed under disk pressure because "
+            "stream-aggregation rollups already summarise them.")
+        if self.stage is not None:
+            self._register_aggregation_metrics(r, self.stage)
         self.stats_cache = store.stats()
+        self.m_compacted.inc(self.stats_cache.counters.get("compacted_metrics", 0))
         for kind in KINDS:
             self.m_dropped.inc(self.stats_cache.counters.get(f"dropped_{kind}", 0), kind)
         r.gauge("buffer_bytes", "Bytes the buffer uses on disk (live pages).",
@@ -100,17 +119,55 @@ class BufferService:
         get = series.get
         out = [get(k, -1) for k in keys]
         if -1 in out:
-            for i, sid in enumerate(out):
-                if sid == -1:
-                    k = keys[i]
-                    sid = series.get(k, -1)
+            with self._intern_lock:
+                for i, sid in enumerate(out):
                     if sid == -1:
-                        sid = self.next_sid
-                        self.next_sid += 1
-                        series[k] = sid
-                        self.unsaved.append((sid, k))
-                    out[i] = sid
+                        k = keys[i]
+                        sid = series.get(k, -1)
+                        if sid == -1:
+                            sid = self.next_sid
+                            self.next_sid += 1
+                            series[k] = sid
+                            self.unsaved.append((sid, k))
+                        out[i] = sid
         return out
+
+    def intern_durable(self, keys: list[SeriesKey]
+                       ) -> tuple[list[int], list[tuple[int, SeriesKey]]]:
+        """Series ids for ``keys`` from the store's thread, with the definitions the caller
+        must store in its own transaction (new ones, and any still waiting in ``unsaved``)."""
+        series = self.series
+        out: list[int] = []
+        defs: list[tuple[int, SeriesKey]] = []
+        with self._intern_lock:
+            pending = {sid for sid, _ in self.unsaved}
+            for k in keys:
+                sid = series.get(k, -1)
+                if sid == -1:
+                    sid = self.next_sid
+                    self.next_sid += 1
+                    series[k] = sid
+                    defs.append((sid, k))
+                elif sid in pending:
+                    defs.append((sid, k))
+                    pending.discard(sid)
+                out.append(sid)
+        return out, defs
+
+    def _register_aggregation_metrics(self, r: Registry, stage: RollupStage) -> None:
+        def per_rule(field: str) -> Callable[[], dict[tuple[str, ...], float]]:
+            return lambda: {(s["name"],): float(s[field]) for s in stage.summary()}
+
+        r.gauge("aggregate_samples", "Samples stream aggregation took into windows (since the "
+                "rule was created).", ("rule",), callback=per_rule("samples"))
+        r.gauge("aggregate_late_samples", "Samples that arrived after their window closed "
+                "(forwarded raw, not aggregated).", ("rule",), callback=per_rule("late_samples"))
+        r.gauge("aggregate_outputs", "Output rows emitted by closed windows.", ("rule",),
+                callback=per_rule("emitted"))
+        r.gauge("aggregate_series", "Input series each rule matches.", ("rule",),
+                callback=per_rule("series"))
+        r.gauge("aggregate_groups", "Output groups of each rule.", ("rule",),
+                callback=per_rule("groups"))
 
     async def write(self, batch: IngestBatch) -> None:
         """Return once ``batch`` is durably committed.
@@ -180,15 +237,21 @@ class BufferService:
             await trio.sleep(self.cfg.roll_interval_s)
             await self.roll_now()
 
-    async def roll_now(self) -> None:
+    async def roll_now(self, *, force_checkpoint: bool = False) -> None:
         made = await self.run(partial(self.store.roll, max_rows=self.cfg.segment_max_samples,
-                                      max_bytes=self.max_segment_bytes))
+                                      max_bytes=self.max_segment_bytes, stage=self.stage,
+                                      force_checkpoint=force_checkpoint))
         if made:
             self.m_rolls.inc(len(made))
             self.segment_ready.set()
             self.segment_ready = trio.Event()
         dropped = await self.run(self.store.enforce_budget, self.max_bytes, set(self.inflight))
         for kind, n in dropped.items():
+            if kind == "compacted":
+                self.m_compacted.inc(n)
+                log.warning("disk budget reached: removed %d raw metric rows that rollups "
+                            "already summarise", n)
+                continue
             self.m_dropped.inc(n, kind)
             log.warning("disk budget reached: dropped the %d oldest %s rows", n, kind)
         self.stats_cache = await self.run(self.store.stats)
@@ -258,3 +321,10 @@ class BufferService:
                     break
             if group:
                 await self._commit(group)
+            if self.stage is not None:
+                # roll what is committed and save the aggregation state: a clean restart then
+                # has nothing to replay
+                try:
+                    await self.roll_now(force_checkpoint=True)
+                except Exception as exc:  # the journal and replay log still have everything
+                    log.error("final aggregation checkpoint failed: %s", exc)

@@ -2,7 +2,8 @@
 
 Every metrics batch becomes one-minute partial aggregates per series (``central.rollup``),
 inserted as ``JSONEachRow`` into ``metric_rollups_1m``; the view ``metric_rollups_1m_v`` merges
-the partials into exact per-minute figures.
+the partials into exact per-minute figures. Edge rollups (the nodes' stream-aggregation outputs)
+go to ``edge_rollups``, one row per output series and window (view ``edge_rollups_v``).
 
 Versions: the DDL uses only what ClickHouse 18.16 has (MergeTree family, custom partitioning).
 Newer features are switched on by the detected ``version()``: ``TTL`` (>= 19.6) for retention
@@ -19,6 +20,8 @@ import time
 
 import numpy as np
 
+from edge_node.aggregate import parse_duration, split_output_name
+
 from ..errors import SchemaOutdated
 from ..migrations import load
 from ..rollup import minute_rollups
@@ -28,6 +31,7 @@ from .http import is_up, new_client, request
 log = logging.getLogger("fleet_central.clickhouse")
 
 TABLE = "metric_rollups_1m"
+EDGE_TABLE = "edge_rollups"
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -81,9 +85,48 @@ def rollup_rows(job: Job, cutoff_ms: int) -> list[bytes]:
     return out
 
 
+def edge_rollup_rows(job: Job, cutoff_ms: int) -> tuple[list[bytes], int]:
+    """``JSONEachRow`` lines of an edge rollups batch, and how many rows are not edge outputs.
+
+    The output name says the rest: ``<metric>:<interval>[_by_...|_without_...]_<output>``;
+    the row's timestamp is its window's end.
+    """
+    assert job.values is not None
+    out: list[bytes] = []
+    bad = 0
+    ts, vals = job.ts.tolist(), job.values.tolist()
+    for sid, a, b in job.series():
+        lbl = job.labels[sid]
+        parts = split_output_name(lbl.get("__name__", ""))
+        try:
+            interval_ms = parse_duration(parts[1].split("_", 1)[0]) if parts else 0
+        except ValueError:
+            interval_ms = 0
+        if parts is None or interval_ms <= 0:
+            bad += b - a
+            continue
+        metric, rule, output = parts
+        try:
+            q = float(lbl.get("quantile", "0"))
+        except ValueError:
+            q = 0.0
+        common = {"org": lbl["org"], "node": job.node.node_id, "site": lbl.get("site", ""),
+                  "device": lbl.get("device", ""), "metric": metric, "rule": rule,
+                  "interval_s": interval_ms // 1000, "output": output, "quantile": q,
+                  "series_hash": series_hash(lbl), "labels": json.dumps(lbl, sort_keys=True)}
+        for t, v in zip(ts[a:b], vals[a:b], strict=True):
+            start = t - interval_ms
+            if start < cutoff_ms or v != v or v in (float("inf"), float("-inf")):
+                bad += start >= cutoff_ms  # NaN/Inf are not representable; expired are counted
+                continue
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start // 1000))
+            out.append(json.dumps({**common, "window_start": stamp, "value": v}).encode())
+    return out, bad
+
+
 class ClickHouseSink:
     name = "clickhouse"
-    kinds = frozenset({"metrics"})
+    kinds = frozenset({"metrics", "rollups"})
     stores_rows = False  # rollups are derived; the raw rows live in VictoriaMetrics
 
     def __init__(self, url: str, *, database: str = "fleetd_analytics", retention_days: int = 0,
@@ -163,13 +206,20 @@ class ClickHouseSink:
         cutoff = job.cutoff(self.retention_days)
         if cutoff and (expired := int((job.ts < cutoff).sum())):
             job.expired[self.name] = expired
-        rows = rollup_rows(job, cutoff)
+        table = TABLE
+        if job.kind == "rollups":
+            rows, bad = edge_rollup_rows(job, cutoff)
+            if bad:
+                job.unrepresentable[self.name] = bad
+            table = EDGE_TABLE
+        else:
+            rows = rollup_rows(job, cutoff)
         if not rows:
             return
         params: dict[str, str] = {}
         if await self.server_version() >= (22, 2):
             params["insert_deduplication_token"] = job.token
-        await self.query(f"INSERT INTO {self.db}.{TABLE} FORMAT JSONEachRow",
+        await self.query(f"INSERT INTO {self.db}.{table} FORMAT JSONEachRow",
                          b"\n".join(rows), **params)
 
     async def expire(self, now_s: float) -> list[str]:
@@ -177,9 +227,12 @@ class ClickHouseSink:
         if not self.retention_days or await self.server_version() >= (19, 6):
             return []
         cutoff = time.strftime("%Y%m%d", time.gmtime(now_s - self.retention_days * 86400))
-        parts = (await self.query(
-            f"SELECT DISTINCT partition FROM system.parts WHERE database = '{self.db}' AND "
-            f"table = '{TABLE}' AND active AND partition < '{cutoff}'")).split()
-        for p in parts:
-            await self.query(f"ALTER TABLE {self.db}.{TABLE} DROP PARTITION {p}")
-        return parts
+        dropped = []
+        for table in (TABLE, EDGE_TABLE):
+            parts = (await self.query(
+                f"SELECT DISTINCT partition FROM system.parts WHERE database = '{self.db}' AND "
+                f"table = '{table}' AND active AND partition < '{cutoff}'")).split()
+            for p in parts:
+                await self.query(f"ALTER TABLE {self.db}.{table} DROP PARTITION {p}")
+            dropped += [f"{table}:{p}" for p in parts]
+        return dropped

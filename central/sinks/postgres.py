@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import asyncpg
 import trio_asyncio
 
-from edge_node.wire import Batch
+from edge_node.wire import VALUE_KINDS, Batch
 
 from ..errors import RegistryError, SchemaOutdated, SinkUnavailable
 from ..migrations import load
@@ -326,7 +326,7 @@ class PostgresStore:
             return ("device_status", ["org", "device", "node_id", "ts", "status"],
                     [(org, job.labels[s].get("device", ""), nid, _dt(t), "heartbeat")
                      for s, t, k in zip(sids, tss, keep, strict=True) if k], expired)
-        if job.kind == "metrics" and job.values is not None:
+        if job.kind in VALUE_KINDS and job.values is not None:  # rollups are series too
             return ("samples", ["org", "node_id", "epoch", "sid", "ts", "value"],
                     [(org, nid, job.epoch, s, _dt(t), v) for s, t, v, k in
                      zip(sids, tss, job.values.tolist(), keep, strict=True) if k], expired)

@@ -1,8 +1,9 @@
 """The embedded SQLite store: everything in one file, the default when no backend is set.
 
 Tables: ``nodes`` (registry, hashed keys), ``series`` (each node's series dictionary, per buffer
-epoch), ``applied`` (dedup: which (node, epoch, seq) were applied), ``samples``, ``logs``,
-``heartbeats``, ``devices``; views ``samples_v`` / ``logs_v`` resolve series labels.
+epoch), ``applied`` (dedup: which (node, epoch, seq) were applied), ``samples``, ``rollups``
+(edge stream-aggregation outputs), ``logs``, ``heartbeats``, ``devices``; views ``samples_v`` /
+``rollups_v`` / ``logs_v`` resolve series labels.
 
 A batch is committed in one transaction that also records (node, epoch, seq) in ``applied``: a
 retried batch finds its mark and changes nothing, and a crash mid-commit leaves nothing behind.
@@ -21,7 +22,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from edge_node.wire import Batch
+from edge_node.wire import VALUE_KINDS, Batch
 
 from ..errors import RegistryError, SinkUnavailable
 from ..router import Job
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS sink_marks (
 CREATE TABLE IF NOT EXISTS samples (
     node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, ts INTEGER NOT NULL,
     value REAL);
+CREATE TABLE IF NOT EXISTS rollups (
+    node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, ts INTEGER NOT NULL,
+    value REAL);
 CREATE TABLE IF NOT EXISTS logs (
     node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, ts INTEGER NOT NULL,
     line TEXT NOT NULL);
@@ -60,6 +64,9 @@ CREATE TABLE IF NOT EXISTS totals (kind TEXT PRIMARY KEY, rows INTEGER NOT NULL)
 CREATE VIEW IF NOT EXISTS samples_v AS
     SELECT s.node_id, json_extract(r.labels, '$.__name__') AS name, r.labels, s.ts, s.value
     FROM samples s JOIN series r USING (node_id, epoch, sid);
+CREATE VIEW IF NOT EXISTS rollups_v AS
+    SELECT s.node_id, json_extract(r.labels, '$.__name__') AS name, r.labels, s.ts, s.value
+    FROM rollups s JOIN series r USING (node_id, epoch, sid);
 CREATE VIEW IF NOT EXISTS logs_v AS
     SELECT l.node_id, r.labels, l.ts, l.line
     FROM logs l JOIN series r USING (node_id, epoch, sid);
@@ -252,9 +259,10 @@ class SQLiteStore:
         sids = job.sid_column().tolist() if keep_kind or job.kind == "heartbeats" else []
         tss = job.ts.tolist()
         n = len(sids)
-        if job.kind == "metrics" and keep_kind and job.values is not None:
+        if job.kind in VALUE_KINDS and keep_kind and job.values is not None:
+            table = "samples" if job.kind == "metrics" else "rollups"
             conn.executemany(
-                "INSERT INTO samples(node_id, epoch, sid, ts, value) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO {table}(node_id, epoch, sid, ts, value) VALUES (?, ?, ?, ?, ?)",
                 zip([nid] * n, [job.epoch] * n, sids, tss, job.values.tolist(), strict=True))
         elif job.kind == "logs" and keep_kind and job.lines is not None:
             conn.executemany(

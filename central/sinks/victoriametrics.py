@@ -186,7 +186,7 @@ def encode_text(job: Job, cutoff_ms: int, heads: dict[int, bytes | None] | None 
 
 class VictoriaMetricsSink:
     name = "victoria-metrics"
-    kinds = frozenset({"metrics"})
+    kinds = frozenset({"metrics", "rollups"})  # edge rollups are series like any other
     stores_rows = True
 
     def __init__(self, url: str, *, retention_days: int = 0, timeout_s: float = 15.0,
