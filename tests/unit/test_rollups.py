@@ -172,24 +172,23 @@ def test_failed_transaction_reloads_the_state(tmp_path: Path, monkeypatch: pytes
     buf = open_buffer(tmp_path / "b.sqlite3")
     store = buf.store
     real = store._insert_segment
+    calls = {"n": 0}
+
+    def flaky(*a: Any, **k: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk I/O error")
+        return real(*a, **k)
+
     for m in range(12):
         if m != 3:
             feed_minute(buf, m)
             continue
         append(buf, workload(m))
-        if m == 3:
-            calls = {"n": 0}
-
-            def flaky(*a: Any, **k: Any) -> int:
-                calls["n"] += 1
-                if calls["n"] == 2:
-                    raise OSError("disk I/O error")
-                return real(*a, **k)
-
-            monkeypatch.setattr(store, "_insert_segment", flaky)
-            with pytest.raises(OSError, match="disk I/O"):
-                roll(buf, T0 + m * MIN + LAG)
-            monkeypatch.setattr(store, "_insert_segment", real)
+        monkeypatch.setattr(store, "_insert_segment", flaky)
+        with pytest.raises(OSError, match="disk I/O"):
+            roll(buf, T0 + m * MIN + LAG)  # fails after the aggregator took the chunk
+        monkeypatch.setattr(store, "_insert_segment", real)
         roll(buf, T0 + m * MIN + LAG)  # the failed chunk is still in the journal
         roll(buf, T0 + m * MIN + LAG + 3000)
     roll(buf, T0 + 60 * MIN)
