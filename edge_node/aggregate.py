@@ -317,7 +317,7 @@ def load_rules_file(path: str) -> list[Rule]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise RuleError(path, f"not valid YAML: {exc}") from None
-    return parse_rules(data, p.name)
+    return parse_rules(data)
 
 
 def split_output_name(name: str) -> tuple[str, str, str] | None:

@@ -278,8 +278,11 @@ def create_app(cfg: EdgeConfig, buffer: BufferService, registry: Registry,
     async def aggregates() -> Response:
         stage = buffer.stage
         rules = [] if stage is None else await trio.to_thread.run_sync(stage.summary)
-        return Response(json.dumps({"node_id": cfg.node_id, "rules": rules}),
-                        mimetype="application/json")
+        body = {"node_id": cfg.node_id, "rules": rules,
+                # samples re-applied from the replay log when the node started
+                "replayed_on_start": stage.replayed if stage else 0,
+                "checkpoints": stage.checkpoints if stage else 0}
+        return Response(json.dumps(body), mimetype="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:

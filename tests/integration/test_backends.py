@@ -374,3 +374,64 @@ async def test_live_batches_travel_as_text_and_arrive_intact(backends: Backends,
         redis_cli(run.env["VALKEY_ADDR"], "DEL", f"fleetd:applied:{run.node}:e1")
         assert (await run.post(body)).json()["status"] == "applied"  # written again...
         assert sum(len(s["values"]) for s in _vm(run)) == 3  # ...and still once
+
+
+ROLLUP_DEFS = [(11, {"__name__": "cpu:5m_by_site_avg", "site": "plant-7"}),
+               (12, {"__name__": "cpu:5m_by_site_quantiles", "site": "plant-7",
+                     "quantile": "0.99"}),
+               (13, {"__name__": "req_total:1m_without_core_increase", "device": "d1"})]
+
+
+def rollups_batch(node: str, seq: int) -> bytes:
+    end = NOW - NOW % 300_000
+    cols = Columns("rollups", np.array([11, 12, 13, 13], dtype=np.int64),
+                   np.array([end, end, end, end + 60_000], dtype=np.int64),
+                   np.array([41.25, 97.5, 600.0, 580.0]))
+    return encode_batch(Batch(node, seq, "rollups", encode_segment(cols), 4, epoch="e1",
+                              series_defs=ROLLUP_DEFS))
+
+
+async def test_edge_rollups_land_in_victoriametrics_and_clickhouse(backends: Backends,
+                                                                   tmp_path: Path) -> None:
+    async with central_on(backends, tmp_path) as run:
+        r = await run.post(rollups_batch(run.node, 1))
+        assert (r.status_code, r.json()["status"]) == (200, "applied"), r.text
+        end = NOW - NOW % 300_000
+        # VictoriaMetrics: plain series with the node's trusted labels
+        vm = {s["metric"]["__name__"]: s for s in _vm(run)}
+        assert vm["cpu:5m_by_site_avg"]["metric"] == {
+            "__name__": "cpu:5m_by_site_avg", "site": "plant-7", "org": run.org,
+            "node": run.node}
+        assert vm["cpu:5m_by_site_quantiles"]["metric"]["quantile"] == "0.99"
+        assert vm["req_total:1m_without_core_increase"]["values"] == [600.0, 580.0]
+        # ClickHouse: one row per output series and window, named parts split out
+        db = run.env["CLICKHOUSE_DATABASE"]
+        rows = ch_query(run.env["CLICKHOUSE_URL"],
+                        f"SELECT metric, rule, interval_s, output, quantile, site, device, "
+                        f"toUnixTimestamp(window_start) AS ws, value FROM {db}.edge_rollups_v "
+                        f"ORDER BY metric, output, ws")
+        assert [(x["metric"], x["rule"], int(x["interval_s"]), x["output"], x["quantile"],
+                 x["site"], x["device"], int(x["ws"]), x["value"]) for x in rows] == [
+            ("cpu", "5m_by_site", 300, "avg", 0, "plant-7", "", (end - 300_000) // 1000,
+             41.25),
+            ("cpu", "5m_by_site", 300, "quantiles", 0.99, "plant-7", "",
+             (end - 300_000) // 1000, 97.5),
+            ("req_total", "1m_without_core", 60, "increase", 0, "plant-7", "d1",
+             (end - 60_000) // 1000, 600),
+            ("req_total", "1m_without_core", 60, "increase", 0, "plant-7", "d1", end // 1000,
+             580)]
+        # the same rows inserted again (a crash between the insert and its mark) collapse
+        sink = next(s for s in run.pipeline.sinks if s.name == "clickhouse")
+        from central.router import make_job
+        from central.sinks.base import NodeInfo
+        from edge_node.wire import decode_batch, decode_segment
+
+        b = decode_batch(rollups_batch(run.node, 1))
+        job = make_job(NodeInfo(run.node, run.org, 0, site="plant-7"), b,
+                       decode_segment(b.segment), dict(ROLLUP_DEFS), NOW)
+        await sink.write(job)  # type: ignore[attr-defined]
+        again = ch_query(run.env["CLICKHOUSE_URL"],
+                         f"SELECT count() AS n FROM {db}.edge_rollups_v")
+        assert again == [{"n": "4"}]
+        r = await run.post(rollups_batch(run.node, 1))
+        assert r.json() == {"status": "duplicate", "seq": 1}
