@@ -106,7 +106,7 @@ async def test_rollups_reach_central_and_raw_stays_home(tmp_path: Path, central:
         assert {r["name"] for r in json.loads(js.stdout)} == {"cpu-site", "temp-device"}
 
 
-async def test_bad_rules_file_is_a_config_error(tmp_path: Path) -> None:
+def test_bad_rules_file_is_a_config_error(tmp_path: Path) -> None:
     rules = tmp_path / "aggr.yaml"
     rules.write_text("- match: cpu\n  interval: 1m\n  outputs: [median]\n")
     cfg_file = tmp_path / "edge.toml"
