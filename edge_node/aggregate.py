@@ -58,7 +58,7 @@ import numpy.typing as npt
 
 from .model import NAME_LABEL, SeriesKey
 from .selector import Selector, SelectorError, parse_selector
-from .sketch import DEFAULT_RELATIVE_ERROR, DDSketch, bucket_keys
+from .sketch import DEFAULT_RELATIVE_ERROR, MIN_NORMAL, DDSketch, bucket_keys
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -81,6 +81,11 @@ _VMAGENT_ONLY = {"dedup_interval", "output_relabel_configs", "input_relabel_conf
                  "keep_metric_names", "drop_input_labels", "no_align_flush_to_interval",
                  "enable_windows", "ignore_first_sample_interval"}
 STATE_VERSION = 1
+# sketch bucket codes: (group << 1 | negative) << _KEY_BITS | (bucket index + _KEY_OFFSET);
+# a relative error >= 0.0001 keeps every float's bucket index within +-3.6M < _KEY_OFFSET
+_KEY_BITS = 24
+_KEY_OFFSET = 1 << 23
+_KEY_MASK = (1 << _KEY_BITS) - 1
 
 
 class RuleError(ValueError):
@@ -257,8 +262,8 @@ def parse_rule(raw: Any, where: str) -> Rule:
     if not isinstance(keep_raw, bool):
         raise RuleError(f"{where}.keep_raw", "must be true or false")
     qe = raw.get("quantile_error", DEFAULT_RELATIVE_ERROR)
-    if isinstance(qe, bool) or not isinstance(qe, int | float) or not 0 < qe < 0.5:
-        raise RuleError(f"{where}.quantile_error", "must be a number between 0 and 0.5")
+    if isinstance(qe, bool) or not isinstance(qe, int | float) or not 0.0001 <= qe <= 0.1:
+        raise RuleError(f"{where}.quantile_error", "must be a number between 0.0001 and 0.1")
     name = raw.get("name", "")
     if not isinstance(name, str):
         raise RuleError(f"{where}.name", "must be a string")
@@ -415,6 +420,11 @@ class Emitted:
         self.ts.append(ts)
         self.values.append(value)
 
+    def extend(self, keys: list[SeriesKey], ts: int, values: list[float]) -> None:
+        self.keys += keys
+        self.ts += [ts] * len(keys)
+        self.values += values
+
     def __len__(self) -> int:
         return len(self.values)
 
@@ -436,6 +446,7 @@ class RuleState:
         self.idx_sid: list[int] = []
         self.idx_gid = np.zeros(0, np.int64)
         self.groups: list[SeriesKey] = []
+        self.group_first: list[int] = []  # a member series of each group (restores its key)
         self.group_index: dict[SeriesKey, int] = {}
         # per series: counter state
         self.s_last_v = np.zeros(0, np.float64)
@@ -449,35 +460,54 @@ class RuleState:
         self.late = 0
         self.emitted = 0
         self.last_output: dict[str, Any] = {}
-        self._out_keys: dict[tuple[int, str, float], SeriesKey] = {}
+        self._out_keys: dict[tuple[str, float], list[SeriesKey]] = {}
+        self._name_ok: dict[str, bool] = {}
         rule_outs = set(rule.outputs)
         self.counters = bool(rule_outs & set(COUNTER_OUTPUTS))
         self.rates = bool(rule_outs & {"rate_sum", "rate_avg"})
 
     # -- series / groups -------------------------------------------------------------------------
 
-    def lookup(self, sids: I64, labels_of: LabelsOf) -> I64:
-        """Series index of each sid (-1 when the rule does not match it)."""
+    def lookup(self, sids: I64, labels_of: LabelsOf,
+               memo: dict[int, tuple[SeriesKey, dict[str, str]] | None] | None = None) -> I64:
+        """Series index of each sid (-1 when the rule does not match it).
+
+        ``memo`` shares label lookups between the rules of one ingest call.
+        """
         top = int(sids.max()) + 1 if sids.size else 0
         if top > self.sid2idx.shape[0]:
             self.sid2idx = _grow(self.sid2idx, top, _UNKNOWN)
         idx = self.sid2idx[sids]
         unknown = idx == _UNKNOWN
         if unknown.any():
+            memo = {} if memo is None else memo
             for sid in np.unique(sids[unknown]).tolist():
-                self.sid2idx[sid] = self._resolve(sid, labels_of)
+                self.sid2idx[sid] = self._resolve(sid, labels_of, memo)
             idx = self.sid2idx[sids]
         return idx
 
-    def _resolve(self, sid: int, labels_of: LabelsOf) -> int:
-        key = labels_of(sid)
-        if key is None or not self.rule.matches(dict(key)):
+    def _resolve(self, sid: int, labels_of: LabelsOf,
+                 memo: dict[int, tuple[SeriesKey, dict[str, str]] | None]) -> int:
+        if sid in memo:
+            found = memo[sid]
+        else:
+            key = labels_of(sid)
+            found = memo[sid] = None if key is None else (key, dict(key))
+        if found is None:
+            return _NO_MATCH
+        key, labels = found
+        name = labels.get(NAME_LABEL, "")
+        ok = self._name_ok.get(name)
+        if ok is None:
+            ok = self._name_ok[name] = any(s.matches_name(name) for s in self.rule.match)
+        if not ok or not self.rule.matches(labels):
             return _NO_MATCH
         gkey = self.rule.group_key(key)
         gid = self.group_index.get(gkey)
         if gid is None:
             gid = len(self.groups)
             self.groups.append(gkey)
+            self.group_first.append(sid)
             self.group_index[gkey] = gid
             self.g_seen = _grow(self.g_seen, gid + 1, -1)
             self.g_total = _grow(self.g_total, gid + 1, 0.0)
@@ -500,7 +530,8 @@ class RuleState:
         iv = self.rule.interval_ms
         return ts - np.mod(ts, iv)
 
-    def ingest(self, sids: I64, ts: I64, values: F64, now_ms: int, labels_of: LabelsOf
+    def ingest(self, sids: I64, ts: I64, values: F64, now_ms: int, labels_of: LabelsOf,
+               memo: dict[int, tuple[SeriesKey, dict[str, str]] | None] | None = None
                ) -> tuple[B, B]:
         """Add rows (NaN values already removed); returns (aggregated, late) row masks."""
         n = sids.shape[0]
@@ -508,7 +539,7 @@ class RuleState:
         late = np.zeros(n, np.bool_)
         if n == 0:
             return aggregated, late
-        idx = self.lookup(sids, labels_of)
+        idx = self.lookup(sids, labels_of, memo)
         matched = idx >= 0
         if not matched.any():
             return aggregated, late
@@ -590,19 +621,41 @@ class RuleState:
             self._add_sketches(win, g, v)
 
     def _add_sketches(self, win: Window, g: I64, v: F64) -> None:
+        """Add to every group's sketch at once: one ``np.unique`` over (group, sign, bucket)
+        codes, then one dictionary update per distinct code."""
         qe = self.rule.quantile_error
-        probe = win.sketches.get(int(g[0])) or DDSketch(qe)
-        keys, neg, ok = bucket_keys(v, probe.log_gamma)
-        order = np.argsort(g, kind="stable")
-        gs = g[order]
-        bounds = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1], True])
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            rows = order[a:b]
-            gid = int(gs[a])
-            sk = win.sketches.get(gid)
+        keys, neg, ok = bucket_keys(v, math.log((1 + qe) / (1 - qe)))
+        zero = ok & (np.abs(v) < MIN_NORMAL)
+        buck = ok & ~zero
+        codes = ((g[buck] << 1 | neg[buck]) << _KEY_BITS) | (keys[buck] + _KEY_OFFSET)
+        uc, counts = np.unique(codes, return_counts=True)
+        sketches = win.sketches
+        for code, c in zip(uc.tolist(), counts.tolist(), strict=True):
+            gid = code >> (_KEY_BITS + 1)
+            sk = sketches.get(gid)
             if sk is None:
-                sk = win.sketches[gid] = DDSketch(qe)
-            sk.add_keys(keys[rows], neg[rows], ok[rows], v[rows])
+                sk = sketches[gid] = DDSketch(qe)
+            store = sk.neg if (code >> _KEY_BITS) & 1 else sk.pos
+            k = (code & _KEY_MASK) - _KEY_OFFSET
+            store[k] = store.get(k, 0) + c
+        # the per-sketch totals
+        G = len(self.groups)
+        n_ok = np.bincount(g[ok], minlength=G)
+        n_zero = np.bincount(g[zero], minlength=G)
+        n_all = np.bincount(g, minlength=G)
+        lo = np.full(G, math.inf)
+        hi = np.full(G, -math.inf)
+        np.minimum.at(lo, g[ok], v[ok])
+        np.maximum.at(hi, g[ok], v[ok])
+        for gid in np.flatnonzero(n_all).tolist():
+            sk = sketches.get(gid)
+            if sk is None:
+                sk = sketches[gid] = DDSketch(qe)
+            sk.count += int(n_ok[gid])
+            sk.zero += int(n_zero[gid])
+            sk.skipped += int(n_all[gid] - n_ok[gid])
+            sk.min = min(sk.min, float(lo[gid]))
+            sk.max = max(sk.max, float(hi[gid]))
 
     def _counter_deltas(self, i: I64, t: I64, v: F64) -> tuple[F64, F64, I64, B]:
         """Per row: increase (first sample counted), increase (first sample as base), the
@@ -682,17 +735,18 @@ class RuleState:
         self.closed_until = max(self.closed_until, horizon)
         return len(done)
 
-    def _key(self, gid: int, output: str, q: float = -1.0) -> SeriesKey:
-        k = (gid, output, q)
-        key = self._out_keys.get(k)
-        if key is None:
-            labels = dict(self.groups[gid])
-            metric = labels.get(NAME_LABEL, "")
-            labels[NAME_LABEL] = f"{metric}:{self.rule.suffix}_{output}"
-            if q >= 0:
-                labels["quantile"] = f"{q:g}"
-            key = self._out_keys[k] = tuple(sorted(labels.items()))
-        return key
+    def _keys(self, gids: list[int], output: str, q: float = -1.0) -> list[SeriesKey]:
+        """Output series keys of ``gids`` for ``output`` (made once per group and output)."""
+        lst = self._out_keys.setdefault((output, q), [])
+        if len(lst) < len(self.groups):
+            suffix = f"{self.rule.suffix}_{output}"
+            for gid in range(len(lst), len(self.groups)):
+                labels = dict(self.groups[gid])
+                labels[NAME_LABEL] = f"{labels.get(NAME_LABEL, '')}:{suffix}"
+                if q >= 0:
+                    labels["quantile"] = f"{q:g}"
+                lst.append(tuple(sorted(labels.items())))
+        return [lst[g] for g in gids]
 
     def _emit(self, win: Window, out: Emitted) -> None:
         r = self.rule
@@ -701,38 +755,40 @@ class RuleState:
         end = win.start + r.interval_ms
         n0 = len(out)
         cnt = win.cnt[:G]
-        has = np.flatnonzero(cnt > 0).tolist()
-        outs = r.outputs
-        add = out.add
-        key = self._key
-        if "count_series" in outs:
-            per_group = np.bincount(self.idx_gid[:S][win.present[:S]], minlength=G)
-        for gid in has:
-            c = int(cnt[gid])
-            for o in outs:
-                if o == "count_samples":
-                    add(key(gid, o), end, float(c))
-                elif o == "sum_samples":
-                    add(key(gid, o), end, float(win.sum[gid]))
-                elif o == "min":
-                    add(key(gid, o), end, float(win.min[gid]))
-                elif o == "max":
-                    add(key(gid, o), end, float(win.max[gid]))
-                elif o == "avg":
-                    add(key(gid, o), end, float(win.sum[gid]) / c)
-                elif o == "last":
-                    add(key(gid, o), end, float(win.last_v[gid]))
-                elif o == "stddev":
-                    add(key(gid, o), end, math.sqrt(max(float(win.m2[gid]) / c, 0.0)))
-                elif o == "stdvar":
-                    add(key(gid, o), end, max(float(win.m2[gid]) / c, 0.0))
-                elif o == "count_series":
-                    add(key(gid, o), end, float(per_group[gid]))
-                elif o == "quantiles":
-                    sk = win.sketches.get(gid)
-                    if sk is not None and sk.count:
-                        for q in r.quantiles:
-                            add(key(gid, o, q), end, sk.quantile(q))
+        has_a = np.flatnonzero(cnt > 0)
+        has = has_a.tolist()
+        c = cnt[has_a].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.maximum(win.m2[has_a] / c, 0.0)
+        for o in r.outputs:
+            if o == "count_samples":
+                vals = c
+            elif o == "sum_samples":
+                vals = win.sum[has_a]
+            elif o == "min":
+                vals = win.min[has_a]
+            elif o == "max":
+                vals = win.max[has_a]
+            elif o == "avg":
+                vals = win.sum[has_a] / c
+            elif o == "last":
+                vals = win.last_v[has_a]
+            elif o == "stddev":
+                vals = np.sqrt(var)
+            elif o == "stdvar":
+                vals = var
+            elif o == "count_series":
+                per_group = np.bincount(self.idx_gid[:S][win.present[:S]], minlength=G)
+                vals = per_group[has_a].astype(np.float64)
+            elif o == "quantiles":
+                with_sk = [g for g in has if g in win.sketches and win.sketches[g].count]
+                for q in r.quantiles:
+                    out.extend(self._keys(with_sk, o, q), end,
+                               [win.sketches[g].quantile(q) for g in with_sk])
+                continue
+            else:
+                continue  # counter outputs: below
+            out.extend(self._keys(has, o), end, vals.tolist())
         if self.counters:
             self._emit_counters(win, end, out)
         # forget the counter state of series (and groups) silent for longer than staleness
@@ -753,22 +809,18 @@ class RuleState:
         r = self.rule
         G, S = len(self.groups), len(self.idx_sid)
         outs = r.outputs
-        alive = np.flatnonzero(self.g_seen[:G] >= end - r.staleness_ms).tolist()
+        alive_a = np.flatnonzero(self.g_seen[:G] >= end - r.staleness_ms)
+        alive = alive_a.tolist()
         self.g_total[:G] += win.inc[:G]
         self.g_total_prom[:G] += win.inc_prom[:G]
         # keep totals exact: restart them before float64 loses integer precision
         for tot in (self.g_total, self.g_total_prom):
             tot[:G][np.abs(tot[:G]) >= 2.0 ** 53] = 0.0
-        for gid in alive:
-            for o in outs:
-                if o == "increase":
-                    out.add(self._key(gid, o), end, float(win.inc[gid]))
-                elif o == "increase_prometheus":
-                    out.add(self._key(gid, o), end, float(win.inc_prom[gid]))
-                elif o == "total":
-                    out.add(self._key(gid, o), end, float(self.g_total[gid]))
-                elif o == "total_prometheus":
-                    out.add(self._key(gid, o), end, float(self.g_total_prom[gid]))
+        arrays = {"increase": win.inc, "increase_prometheus": win.inc_prom,
+                  "total": self.g_total, "total_prometheus": self.g_total_prom}
+        for o in outs:
+            if o in arrays:
+                out.extend(self._keys(alive, o), end, arrays[o][alive_a].tolist())
         if self.rates:
             span = (win.r_last[:S] - win.r_prev[:S]) / 1000.0
             ok = (win.r_prev[:S] >= 0) & (span > 0)
@@ -776,11 +828,13 @@ class RuleState:
             gids = self.idx_gid[:S]
             rsum = np.bincount(gids[ok], weights=rate[ok], minlength=G)
             rcnt = np.bincount(gids[ok], minlength=G)
-            for gid in np.flatnonzero(rcnt > 0).tolist():
-                if "rate_sum" in outs:
-                    out.add(self._key(gid, "rate_sum"), end, float(rsum[gid]))
-                if "rate_avg" in outs:
-                    out.add(self._key(gid, "rate_avg"), end, float(rsum[gid] / rcnt[gid]))
+            got_a = np.flatnonzero(rcnt > 0)
+            got = got_a.tolist()
+            if "rate_sum" in outs:
+                out.extend(self._keys(got, "rate_sum"), end, rsum[got_a].tolist())
+            if "rate_avg" in outs:
+                out.extend(self._keys(got, "rate_avg"), end,
+                           (rsum[got_a] / rcnt[got_a]).tolist())
 
     # -- persistence ------------------------------------------------------------------------------
 
@@ -792,7 +846,8 @@ class RuleState:
             "emitted": self.emitted, "last": self.last_output,
             "sids": np.asarray(self.idx_sid, np.int64).tobytes(),
             "gid": self.idx_gid[:S].tobytes(),
-            "groups": [[x for kv in g for x in kv] for g in self.groups],
+            # group label sets are not stored: a member series' labels give them back
+            "gfirst": np.asarray(self.group_first, np.int64).tobytes(),
             "lv": self.s_last_v[:S].tobytes(), "lts": self.s_last_ts[:S].tobytes(),
             "gseen": self.g_seen[:G].tobytes(), "gtot": self.g_total[:G].tobytes(),
             "gtotp": self.g_total_prom[:G].tobytes(),
@@ -800,14 +855,16 @@ class RuleState:
         }
 
     @classmethod
-    def from_state(cls, rule: Rule, d: Mapping[str, Any]) -> RuleState:
+    def from_state(cls, rule: Rule, d: Mapping[str, Any], labels_of: LabelsOf
+                   ) -> RuleState:
         st = cls(rule, int(d["created"]))
         st.closed_until = int(d["closed"])
         st.samples, st.late, st.emitted = int(d["samples"]), int(d["late"]), int(d["emitted"])
         st.last_output = dict(d.get("last") or {})
         st.idx_sid = np.frombuffer(d["sids"], np.int64).tolist()
         st.idx_gid = np.frombuffer(d["gid"], np.int64).copy()
-        st.groups = [tuple(zip(g[0::2], g[1::2], strict=True)) for g in d["groups"]]
+        st.group_first = np.frombuffer(d["gfirst"], np.int64).tolist()
+        st.groups = [rule.group_key(labels_of(sid) or ()) for sid in st.group_first]
         st.group_index = {g: i for i, g in enumerate(st.groups)}
         st.s_last_v = np.frombuffer(d["lv"], np.float64).copy()
         st.s_last_ts = np.frombuffer(d["lts"], np.int64).copy()
@@ -841,7 +898,7 @@ class Aggregator:
         self.rules: list[RuleState] = []
         for r in rules:
             saved = (states or {}).get(r.fingerprint)
-            self.rules.append(RuleState.from_state(r, saved) if saved is not None
+            self.rules.append(RuleState.from_state(r, saved, labels_of) if saved is not None
                               else RuleState(r, now_ms))
 
     def __bool__(self) -> bool:
@@ -863,8 +920,9 @@ class Aggregator:
         dropped = np.zeros(n, np.bool_)
         real = ~np.isnan(values)
         rs, rt, rv = sids[real], ts[real], values[real]
+        memo: dict[int, tuple[SeriesKey, dict[str, str]] | None] = {}
         for st in self.rules:
-            agg, late = st.ingest(rs, rt, rv, now_ms, self.labels_of)
+            agg, late = st.ingest(rs, rt, rv, now_ms, self.labels_of, memo)
             a = np.zeros(n, np.bool_)
             a[real] = agg
             lt = np.zeros(n, np.bool_)

@@ -63,6 +63,10 @@ class Selector:
         get = labels.get
         return all(m.matches(get(m.label, "")) for m in self.matchers)
 
+    def matches_name(self, name: str) -> bool:
+        """Whether the metric-name matchers alone accept ``name`` (a cheap first filter)."""
+        return all(m.matches(name) for m in self.matchers if m.label == NAME_LABEL)
+
     def __str__(self) -> str:
         return self.text
 

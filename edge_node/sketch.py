@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 DEFAULT_RELATIVE_ERROR = 0.01
-_MIN_NORMAL = 2.2250738585072014e-308
+MIN_NORMAL = 2.2250738585072014e-308
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -45,7 +45,7 @@ def bucket_keys(values: F64, log_gamma: float) -> tuple[I64, npt.NDArray[np.bool
     with np.errstate(divide="ignore", invalid="ignore"):
         mag = np.abs(values)
         ok = np.isfinite(values)
-        big = ok & (mag >= _MIN_NORMAL)
+        big = ok & (mag >= MIN_NORMAL)
         keys = np.zeros(values.shape[0], dtype=np.int64)
         keys[big] = np.ceil(np.log(mag[big]) / log_gamma).astype(np.int64)
     return keys, values < 0, ok
@@ -102,7 +102,7 @@ class DDSketch:
         self.max = max(self.max, float(v.max()))
         self.count += n_ok
         mag = np.abs(v)
-        zero = mag < _MIN_NORMAL
+        zero = mag < MIN_NORMAL
         self.zero += int(zero.sum())
         k, neg = keys[ok][~zero], negative[ok][~zero]
         for store, sel in ((self.pos, ~neg), (self.neg, neg)):
