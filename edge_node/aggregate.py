@@ -368,7 +368,17 @@ class Window:
         self.r_inc = z.copy()
         self.r_prev = np.zeros(0, np.int64)
         self.r_last = np.zeros(0, np.int64)
-        self.sketches: dict[int, DDSketch] = {}
+        # quantile sketches of all groups, as sorted unique bucket codes and their counts (see
+        # _KEY_BITS; the group is in the high bits), plus per-group totals; new codes gather in
+        # _parts and are merged in bulk, so adding rows costs numpy work, not dict updates
+        self.sk_n = np.zeros(0, np.int64)
+        self.sk_zero = np.zeros(0, np.int64)
+        self.sk_skip = np.zeros(0, np.int64)
+        self.sk_lo = z.copy()
+        self.sk_hi = z.copy()
+        self.sk_codes = np.zeros(0, np.int64)
+        self.sk_counts = np.zeros(0, np.int64)
+        self._parts: list[tuple[I64, I64]] = []
 
     def ensure(self, groups: int, series: int) -> None:
         self.cnt = _grow(self.cnt, groups, 0)
@@ -385,16 +395,56 @@ class Window:
         self.r_inc = _grow(self.r_inc, series, 0.0)
         self.r_prev = _grow(self.r_prev, series, -1)
         self.r_last = _grow(self.r_last, series, -1)
+        self.sk_n = _grow(self.sk_n, groups, 0)
+        self.sk_zero = _grow(self.sk_zero, groups, 0)
+        self.sk_skip = _grow(self.sk_skip, groups, 0)
+        self.sk_lo = _grow(self.sk_lo, groups, math.inf)
+        self.sk_hi = _grow(self.sk_hi, groups, -math.inf)
 
     _ARRAYS = ("cnt", "sum", "min", "max", "mean", "m2", "last_ts", "last_v", "inc", "inc_prom",
-               "present", "r_inc", "r_prev", "r_last")
+               "present", "r_inc", "r_prev", "r_last", "sk_n", "sk_zero", "sk_skip", "sk_lo",
+               "sk_hi", "sk_codes", "sk_counts")
+
+    def add_codes(self, codes: I64, counts: I64) -> None:
+        self._parts.append((codes, counts))
+        if len(self._parts) >= 16:
+            self.consolidate()
+
+    def consolidate(self) -> None:
+        if not self._parts:
+            return
+        codes = np.concatenate([self.sk_codes, *(c for c, _ in self._parts)])
+        counts = np.concatenate([self.sk_counts, *(n for _, n in self._parts)])
+        self._parts = []
+        uniq, inv = np.unique(codes, return_inverse=True)
+        self.sk_codes = uniq
+        self.sk_counts = np.bincount(inv, weights=counts, minlength=uniq.shape[0]).astype(
+            np.int64)
+
+    def sketch(self, gid: int) -> DDSketch | None:
+        """The quantile sketch of group ``gid`` (None when it has no values)."""
+        self.consolidate()
+        if gid >= self.sk_n.shape[0] or not (self.sk_n[gid] or self.sk_skip[gid]):
+            return None
+        sk = DDSketch(self.rule.quantile_error)
+        a, b = np.searchsorted(self.sk_codes, [gid << (_KEY_BITS + 1),
+                                               (gid + 1) << (_KEY_BITS + 1)])
+        codes, counts = self.sk_codes[a:b], self.sk_counts[a:b]
+        neg = ((codes >> _KEY_BITS) & 1).astype(np.bool_)
+        keys = (codes & _KEY_MASK) - _KEY_OFFSET
+        sk.pos = dict(zip(keys[~neg].tolist(), counts[~neg].tolist(), strict=True))
+        sk.neg = dict(zip(keys[neg].tolist(), counts[neg].tolist(), strict=True))
+        sk.count, sk.zero = int(self.sk_n[gid]), int(self.sk_zero[gid])
+        sk.skipped = int(self.sk_skip[gid])
+        sk.min, sk.max = float(self.sk_lo[gid]), float(self.sk_hi[gid])
+        return sk
 
     def to_state(self) -> dict[str, Any]:
+        self.consolidate()
         d: dict[str, Any] = {"start": self.start}
         for a in self._ARRAYS:
             arr = getattr(self, a)
             d[a] = [str(arr.dtype), arr.tobytes()]
-        d["sk"] = {g: s.to_state() for g, s in self.sketches.items()}
         return d
 
     @classmethod
@@ -403,7 +453,6 @@ class Window:
         for a in cls._ARRAYS:
             dtype, raw = d[a]
             setattr(w, a, np.frombuffer(raw, dtype=np.dtype(dtype)).copy())
-        w.sketches = {int(g): DDSketch.from_state(s) for g, s in d["sk"].items()}
         return w
 
 
@@ -605,7 +654,7 @@ class RuleState:
         win.last_v[lg[newer]] = lv[newer]
         # variance: Chan et al.'s parallel merge of (count, mean, M2)
         touched = n_b > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             mean_b = np.where(touched, s_b / np.maximum(n_b, 1), 0.0)
             m2_b = np.bincount(g, weights=(v - mean_b[g]) ** 2, minlength=G)
             n_a = win.cnt[:G] - n_b
@@ -621,41 +670,21 @@ class RuleState:
             self._add_sketches(win, g, v)
 
     def _add_sketches(self, win: Window, g: I64, v: F64) -> None:
-        """Add to every group's sketch at once: one ``np.unique`` over (group, sign, bucket)
-        codes, then one dictionary update per distinct code."""
+        """Add to every group's sketch at once (bucket codes counted with ``np.unique``)."""
         qe = self.rule.quantile_error
         keys, neg, ok = bucket_keys(v, math.log((1 + qe) / (1 - qe)))
         zero = ok & (np.abs(v) < MIN_NORMAL)
         buck = ok & ~zero
         codes = ((g[buck] << 1 | neg[buck]) << _KEY_BITS) | (keys[buck] + _KEY_OFFSET)
         uc, counts = np.unique(codes, return_counts=True)
-        sketches = win.sketches
-        for code, c in zip(uc.tolist(), counts.tolist(), strict=True):
-            gid = code >> (_KEY_BITS + 1)
-            sk = sketches.get(gid)
-            if sk is None:
-                sk = sketches[gid] = DDSketch(qe)
-            store = sk.neg if (code >> _KEY_BITS) & 1 else sk.pos
-            k = (code & _KEY_MASK) - _KEY_OFFSET
-            store[k] = store.get(k, 0) + c
-        # the per-sketch totals
+        win.add_codes(uc, counts.astype(np.int64))
         G = len(self.groups)
         n_ok = np.bincount(g[ok], minlength=G)
-        n_zero = np.bincount(g[zero], minlength=G)
-        n_all = np.bincount(g, minlength=G)
-        lo = np.full(G, math.inf)
-        hi = np.full(G, -math.inf)
-        np.minimum.at(lo, g[ok], v[ok])
-        np.maximum.at(hi, g[ok], v[ok])
-        for gid in np.flatnonzero(n_all).tolist():
-            sk = sketches.get(gid)
-            if sk is None:
-                sk = sketches[gid] = DDSketch(qe)
-            sk.count += int(n_ok[gid])
-            sk.zero += int(n_zero[gid])
-            sk.skipped += int(n_all[gid] - n_ok[gid])
-            sk.min = min(sk.min, float(lo[gid]))
-            sk.max = max(sk.max, float(hi[gid]))
+        win.sk_n[:G] += n_ok
+        win.sk_zero[:G] += np.bincount(g[zero], minlength=G)
+        win.sk_skip[:G] += np.bincount(g, minlength=G) - n_ok
+        np.minimum.at(win.sk_lo, g[ok], v[ok])
+        np.maximum.at(win.sk_hi, g[ok], v[ok])
 
     def _counter_deltas(self, i: I64, t: I64, v: F64) -> tuple[F64, F64, I64, B]:
         """Per row: increase (first sample counted), increase (first sample as base), the
@@ -758,7 +787,7 @@ class RuleState:
         has_a = np.flatnonzero(cnt > 0)
         has = has_a.tolist()
         c = cnt[has_a].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             var = np.maximum(win.m2[has_a] / c, 0.0)
         for o in r.outputs:
             if o == "count_samples":
@@ -781,10 +810,10 @@ class RuleState:
                 per_group = np.bincount(self.idx_gid[:S][win.present[:S]], minlength=G)
                 vals = per_group[has_a].astype(np.float64)
             elif o == "quantiles":
-                with_sk = [g for g in has if g in win.sketches and win.sketches[g].count]
+                sks = [(g, win.sketch(g)) for g in has if win.sk_n[g] > 0]
                 for q in r.quantiles:
-                    out.extend(self._keys(with_sk, o, q), end,
-                               [win.sketches[g].quantile(q) for g in with_sk])
+                    out.extend(self._keys([g for g, _ in sks], o, q), end,
+                               [sk.quantile(q) for _, sk in sks if sk is not None])
                 continue
             else:
                 continue  # counter outputs: below
@@ -922,7 +951,9 @@ class Aggregator:
         rs, rt, rv = sids[real], ts[real], values[real]
         memo: dict[int, tuple[SeriesKey, dict[str, str]] | None] = {}
         for st in self.rules:
-            agg, late = st.ingest(rs, rt, rv, now_ms, self.labels_of, memo)
+            # infinities and huge values give inf/NaN outputs, as float arithmetic says
+            with np.errstate(all="ignore"):
+                agg, late = st.ingest(rs, rt, rv, now_ms, self.labels_of, memo)
             a = np.zeros(n, np.bool_)
             a[real] = agg
             lt = np.zeros(n, np.bool_)
@@ -938,7 +969,8 @@ class Aggregator:
     def flush(self, now_ms: int) -> tuple[Emitted, int]:
         """Close every window due by ``now_ms``: (output rows, windows closed)."""
         out = Emitted()
-        closed = sum(st.flush(now_ms, out) for st in self.rules)
+        with np.errstate(all="ignore"):
+            closed = sum(st.flush(now_ms, out) for st in self.rules)
         return out, closed
 
     def states(self) -> dict[str, dict[str, Any]]:

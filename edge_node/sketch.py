@@ -55,6 +55,7 @@ class DDSketch:
     """Quantiles of a stream within a relative error ``relative_error``."""
 
     __slots__ = (
+        "_log_mid",
         "alpha",
         "count",
         "gamma",
@@ -73,6 +74,7 @@ class DDSketch:
         self.alpha = relative_error
         self.gamma = (1 + relative_error) / (1 - relative_error)
         self.log_gamma = math.log(self.gamma)
+        self._log_mid = math.log(2.0 / (self.gamma + 1.0))
         self.pos: dict[int, int] = {}
         self.neg: dict[int, int] = {}
         self.zero = 0
@@ -138,7 +140,10 @@ class DDSketch:
     # -- answering --------------------------------------------------------------------------
 
     def _value(self, key: int) -> float:
-        return 2.0 * math.exp(key * self.log_gamma) / (self.gamma + 1.0)
+        try:
+            return math.exp(key * self.log_gamma + self._log_mid)
+        except OverflowError:  # the top bucket of the float range: clamped to max by quantile()
+            return math.inf
 
     def quantile(self, q: float) -> float:
         """The estimated value of rank ``floor(q * (count - 1))``; NaN when empty."""

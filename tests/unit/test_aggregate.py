@@ -405,4 +405,15 @@ def test_group_sketches_equal_sketching_each_group_alone(rows: list[tuple[int, f
         want = DDSketch(0.01)
         want.add_many(np.array([v for g, v in rows if g == grp]))
         gid = st_.group_index[(("__name__", "m"), ("g", str(grp)))]
-        assert win.sketches[gid] == want
+        assert win.sketch(gid) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 200_000), st.floats(width=64)),
+                min_size=1, max_size=60))
+def test_any_values_never_break_the_aggregator(rows: list[tuple[int, int, float]]) -> None:
+    """NaN, infinities and huge values: no exception, no warning, state still serialises."""
+    f = Feed(RULES)
+    f.push([(key("m", site="a", device=f"d{d}"), T0 + t, v) for d, t, v in rows], now=T0)
+    msgpack.packb(f.agg.states())
+    f.flush(T0 + 60 * MIN)
