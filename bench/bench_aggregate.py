@@ -99,6 +99,7 @@ def run_buffer(tmp: Path, rules: list[dict[str, Any]], keys: list[SeriesKey],
     buf.store.roll(stage=buf.stage, now=all_steps[-1].ts_ms + 2 * 3_600_000)  # close them all
     roll_cpu[-1] += time.process_time() - c0
     store = buf.store
+    counters = store.counters()
     seg = {k: int(v) for k, v in store.conn.execute(
         "SELECT kind, sum(size) FROM segments GROUP BY kind")}
     rows = {k: int(v) for k, v in store.conn.execute(
@@ -113,7 +114,9 @@ def run_buffer(tmp: Path, rules: list[dict[str, Any]], keys: list[SeriesKey],
     def_bytes = len(zstandard.compress(msgpack.packb([[s, d] for s, d in defs]), 3))
     store.close()
     return {"roll_cpu": roll_cpu, "seg_bytes": sum(seg.values()), "def_bytes": def_bytes,
-            "rollup_rows": rows.get("rollups", 0), "raw_rows": rows.get("metrics", 0)}
+            "rollup_rows": rows.get("rollups", 0), "raw_rows": rows.get("metrics", 0),
+            "checkpoint_bytes": counters.get("aggregation_checkpoint_bytes", 0),
+            "log_bytes": counters.get("aggregation_log_bytes", 0)}
 
 
 def main() -> None:
@@ -156,6 +159,10 @@ def main() -> None:
             print(f"   buffer roll, {label:<11}: {without / n * 1e6:5.2f} CPU-s per M samples "
                   f"without rules, {with_ / n * 1e6:5.2f} with them: "
                   f"{n / max(with_ - without, 1e-9):>9,.0f} samples/s of aggregation per core")
+        minutes = 2 * STEPS * STEP_MS / 60_000
+        print(f"   state written: checkpoints {typical['checkpoint_bytes'] / minutes / 1e3:,.0f} "
+              f"kB/min, replay log {typical['log_bytes'] / (2 * n):.2f} B/sample "
+              f"(raw segments: {base['seg_bytes'] / (2 * n):.2f} B/sample)")
         print()
         print('2. forwarded bytes, raw vs "5m rollups only" (keep_raw = false), 20 steps')
         base = run_buffer(tmp, [], keys, all_steps)

@@ -511,7 +511,9 @@ class RuleState:
         self.last_output: dict[str, Any] = {}
         self._out_keys: dict[tuple[str, float], list[SeriesKey]] = {}
         self._name_ok: dict[str, bool] = {}
+        self.closed_now = False  # the last flush closed a window (its state is worth saving)
         rule_outs = set(rule.outputs)
+        self._outs = rule_outs
         self.counters = bool(rule_outs & set(COUNTER_OUTPUTS))
         self.rates = bool(rule_outs & {"rate_sum", "rate_avg"})
 
@@ -636,37 +638,46 @@ class RuleState:
         return aggregated, late
 
     def _add_basic(self, win: Window, g: I64, i: I64, t: I64, v: F64) -> None:
+        """Update the window's per-group figures; only those some output needs."""
         G = len(self.groups)
+        outs = self._outs
         n_b = np.bincount(g, minlength=G)
         s_b = np.bincount(g, weights=v, minlength=G)
         win.cnt[:G] += n_b
         win.sum[:G] += s_b
-        np.minimum.at(win.min, g, v)
-        np.maximum.at(win.max, g, v)
-        # last by timestamp: the newest row of each group in this chunk vs the window's
-        order = np.lexsort((t, g))
-        gs = g[order]
-        end = np.ones(gs.shape[0], np.bool_)
-        end[:-1] = gs[1:] != gs[:-1]
-        lg, lt, lv = gs[end], t[order][end], v[order][end]
-        newer = lt >= win.last_ts[lg]
-        win.last_ts[lg[newer]] = lt[newer]
-        win.last_v[lg[newer]] = lv[newer]
-        # variance: Chan et al.'s parallel merge of (count, mean, M2)
-        touched = n_b > 0
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            mean_b = np.where(touched, s_b / np.maximum(n_b, 1), 0.0)
-            m2_b = np.bincount(g, weights=(v - mean_b[g]) ** 2, minlength=G)
-            n_a = win.cnt[:G] - n_b
-            n = win.cnt[:G].astype(np.float64)
-            delta = mean_b - win.mean[:G]
-            frac = np.where(touched, n_b / np.maximum(n, 1), 0.0)
-            win.mean[:G] = np.where(touched, win.mean[:G] + delta * frac, win.mean[:G])
-            win.m2[:G] = np.where(touched, win.m2[:G] + m2_b + delta ** 2 * n_a * frac,
-                                  win.m2[:G])
-        if "count_series" in self.rule.outputs:
+        if "min" in outs:
+            np.minimum.at(win.min, g, v)
+        if "max" in outs:
+            np.maximum.at(win.max, g, v)
+        if "last" in outs:
+            # the newest row of each group; on a tie the larger value wins, so the result
+            # never depends on the order rows came in
+            newest = np.full(G, np.iinfo(np.int64).min, np.int64)
+            np.maximum.at(newest, g, t)
+            cand = t == newest[g]
+            top = np.full(G, -math.inf)
+            np.maximum.at(top, g[cand], v[cand])
+            lg = np.flatnonzero(n_b)
+            lt, lv, old_t, old_v = newest[lg], top[lg], win.last_ts[lg], win.last_v[lg]
+            newer = (lt > old_t) | ((lt == old_t) & ~(lv < old_v))
+            win.last_ts[lg[newer]] = lt[newer]
+            win.last_v[lg[newer]] = lv[newer]
+        if "stddev" in outs or "stdvar" in outs:
+            # Chan et al.'s parallel merge of (count, mean, M2)
+            touched = n_b > 0
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                mean_b = np.where(touched, s_b / np.maximum(n_b, 1), 0.0)
+                m2_b = np.bincount(g, weights=(v - mean_b[g]) ** 2, minlength=G)
+                n_a = win.cnt[:G] - n_b
+                n = win.cnt[:G].astype(np.float64)
+                delta = mean_b - win.mean[:G]
+                frac = np.where(touched, n_b / np.maximum(n, 1), 0.0)
+                win.mean[:G] = np.where(touched, win.mean[:G] + delta * frac, win.mean[:G])
+                win.m2[:G] = np.where(touched, win.m2[:G] + m2_b + delta ** 2 * n_a * frac,
+                                      win.m2[:G])
+        if "count_series" in outs:
             win.present[i] = True
-        if "quantiles" in self.rule.outputs:
+        if "quantiles" in outs:
             self._add_sketches(win, g, v)
 
     def _add_sketches(self, win: Window, g: I64, v: F64) -> None:
@@ -693,6 +704,11 @@ class RuleState:
         rule = self.rule
         n = i.shape[0]
         order = np.lexsort((t, i))
+        si, st = i[order], t[order]
+        if n > 1 and bool(((si[1:] == si[:-1]) & (st[1:] == st[:-1])).any()):
+            # a series with several samples at one timestamp: ascending values, whatever the
+            # order they came in (rare, so the cheaper sort above is the common path)
+            order = np.lexsort((v, t, i))
         si, st, sv = i[order], t[order], v[order]
         stored_ts = self.s_last_ts[si]
         valid = st >= stored_ts  # stored_ts is -1 without state
@@ -756,6 +772,7 @@ class RuleState:
     def flush(self, now_ms: int, out: Emitted) -> int:
         """Emit and drop every window whose close time has passed; returns windows closed."""
         done = self.closable(now_ms)
+        self.closed_now = bool(done)
         for start in done:
             self._emit(self.windows.pop(start), out)
         r = self.rule
@@ -937,8 +954,11 @@ class Aggregator:
     def drops_raw(self) -> bool:
         return any(not r.rule.keep_raw for r in self.rules)
 
-    def ingest(self, sids: I64, ts: I64, values: F64, now_ms: int) -> tuple[B, B]:
+    def ingest(self, sids: I64, ts: I64, values: F64, now_ms: int,
+               only: Sequence[int] | None = None) -> tuple[B, B]:
         """Feed rows; returns (covered, keep): rows some rule aggregated, rows to forward raw.
+
+        ``only``: indexes of the rules to feed (replaying a log some rules saved already).
 
         A row is dropped from the raw stream only when a ``keep_raw = false`` rule aggregated
         it and no rule that matched it wants it raw or found it late.
@@ -950,7 +970,7 @@ class Aggregator:
         real = ~np.isnan(values)
         rs, rt, rv = sids[real], ts[real], values[real]
         memo: dict[int, tuple[SeriesKey, dict[str, str]] | None] = {}
-        for st in self.rules:
+        for st in (self.rules if only is None else [self.rules[i] for i in only]):
             # infinities and huge values give inf/NaN outputs, as float arithmetic says
             with np.errstate(all="ignore"):
                 agg, late = st.ingest(rs, rt, rv, now_ms, self.labels_of, memo)

@@ -15,9 +15,11 @@ Layout (one SQLite file in WAL mode)::
                                          (:mod:`edge_node.wire`), shipped to central unchanged;
                                          ``summarised``: raw metrics that stream-aggregation
                                          rollups cover (compacted first under disk pressure)
-    agg_state(fingerprint, name, saved_ms, blob)
-                                         each aggregation rule's state at the last checkpoint
-    agg_log(id, now_ms, n, blob)         the samples aggregated since then (replayed on start)
+    agg_state(fingerprint, name, saved_ms, log_id, blob)
+                                         each aggregation rule's state at its last checkpoint,
+                                         which included the replay log up to ``log_id``
+    agg_log(id, now_ms, n, blob)         the samples aggregated since, as segments (replayed
+                                         on start)
     dead_letters(seq, kind, n, reason, failed_ms, blob)
                                          segments central refused as malformed: kept, counted
     counters(name, value)                persistent counts (drops, dead letters, acks)
@@ -70,7 +72,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS agg_state (
     fingerprint TEXT PRIMARY KEY, name TEXT NOT NULL, saved_ms INTEGER NOT NULL,
-    blob BLOB NOT NULL);
+    log_id INTEGER NOT NULL, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS agg_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT, now_ms INTEGER NOT NULL, n INTEGER NOT NULL,
     blob BLOB NOT NULL);
@@ -170,18 +172,6 @@ def _unpack_journal(kind: str, blobs: Iterable[bytes]) -> Columns:
     return cols
 
 
-def pack_rows(cols: Columns) -> bytes:
-    """Metric rows as one journal-format blob (the aggregation replay log uses it too)."""
-    doc = {"s": np.asarray(cols.series, np.int64).tobytes(),
-           "t": np.asarray(cols.ts, np.int64).tobytes(),
-           "v": np.asarray(cols.values, np.float64).tobytes()}
-    return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def unpack_rows(kind: str, blob: bytes) -> Columns:
-    return _unpack_journal(kind, [blob])
-
-
 @dataclass
 class StageOutput:
     """What a :class:`RollStage` wants written when a roll ends (all in one transaction)."""
@@ -189,15 +179,17 @@ class StageOutput:
     rollups: Columns | None = None          # output rows of closed windows
     new_series: list[tuple[int, SeriesKey]] | None = None  # definitions they need
     states: dict[str, tuple[str, bytes]] | None = None     # checkpoint: fingerprint -> state
+    rules: frozenset[str] = frozenset()     # fingerprints of every current rule
     compact_before_ms: int = 0              # summarised raw rows older than this are covered
 
 
 class RollStage(Protocol):
     """Stream aggregation as the journal is rolled (see :mod:`edge_node.rollups`)."""
 
-    def split(self, cols: Columns, now_ms: int) -> tuple[list[tuple[Columns, bool]], bytes | None]:
-        """Raw metric rows to keep as segments (with their summarised flag), and the rows to
-        append to the replay log (or None)."""
+    def split(self, cols: Columns, now_ms: int
+              ) -> tuple[list[tuple[Columns, bool, bytes | None]], bytes | None]:
+        """Raw metric rows to keep as segments (with their summarised flag and, if already
+        made, their encoded segment), and the replay-log entry (a segment) or None."""
         ...
 
     def finish(self, now_ms: int, force: bool) -> StageOutput | None:
@@ -227,6 +219,9 @@ class Store:
             c.execute("PRAGMA journal_size_limit=4194304")
             c.executescript(_SCHEMA)
             cols = {r[1] for r in c.execute("PRAGMA table_info(segments)")}
+            agg_cols = {r[1] for r in c.execute("PRAGMA table_info(agg_state)")}
+            if "log_id" not in agg_cols:
+                c.execute("ALTER TABLE agg_state ADD COLUMN log_id INTEGER NOT NULL DEFAULT 0")
             if "summarised" not in cols:  # a buffer made before stream aggregation
                 c.execute("ALTER TABLE segments ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
@@ -369,22 +364,35 @@ class Store:
                                    None if cols.values is None else cols.values[a:a + max_rows])
                     made.append(self._insert_segment("rollups", part, encode_segment(part)))
                 self._bump("rollups_made", len(cols))
-            if res.states is not None:
-                self.conn.execute("DELETE FROM agg_state")
+            if res.states:
+                (log_id,) = self.conn.execute(
+                    "SELECT coalesce(max(id), 0) FROM agg_log").fetchone()
                 self.conn.executemany(
-                    "INSERT INTO agg_state(fingerprint, name, saved_ms, blob) VALUES (?,?,?,?)",
-                    [(fp, name, now, blob) for fp, (name, blob) in res.states.items()])
-                self.conn.execute("DELETE FROM agg_log")
+                    "INSERT OR REPLACE INTO agg_state(fingerprint, name, saved_ms, log_id, blob) "
+                    "VALUES (?,?,?,?,?)",
+                    [(fp, name, now, log_id, blob) for fp, (name, blob) in res.states.items()])
+                self._bump("aggregation_checkpoint_bytes",
+                           sum(len(blob) for _, blob in res.states.values()))
+                # forget removed rules, and the log every current rule's checkpoint includes
+                marks = ",".join("?" * len(res.rules))
+                self.conn.execute(f"DELETE FROM agg_state WHERE fingerprint NOT IN ({marks})",
+                                  sorted(res.rules))
+                (saved, low) = self.conn.execute(
+                    "SELECT count(*), coalesce(min(log_id), 0) FROM agg_state").fetchone()
+                if saved == len(res.rules):
+                    self.conn.execute("DELETE FROM agg_log WHERE id<=?", (low,))
         for sid, key in res.new_series or ():
             self._labels[sid] = key
         self.compact_before_ms = res.compact_before_ms
         return made
 
-    def agg_saved(self) -> tuple[dict[str, bytes], list[tuple[int, bytes]]]:
-        """The last checkpoint (state by rule fingerprint) and the replay log after it."""
-        states = dict(self.conn.execute("SELECT fingerprint, blob FROM agg_state").fetchall())
-        log = [(int(t), b) for t, b in
-               self.conn.execute("SELECT now_ms, blob FROM agg_log ORDER BY id")]
+    def agg_saved(self) -> tuple[dict[str, tuple[bytes, int]], list[tuple[int, int, bytes]]]:
+        """Each rule's last checkpoint (state, replay-log id it includes) by fingerprint, and
+        the replay log: [(id, now_ms, blob)]."""
+        states = {fp: (blob, int(log_id)) for fp, blob, log_id in self.conn.execute(
+            "SELECT fingerprint, blob, log_id FROM agg_state")}
+        log = [(int(i), int(t), b) for i, t, b in
+               self.conn.execute("SELECT id, now_ms, blob FROM agg_log ORDER BY id")]
         return states, log
 
     def _roll(self, max_rows: int, max_bytes: int, stage: RollStage | None, now: int
@@ -408,17 +416,19 @@ class Store:
                 if not ids:
                     break
                 cols = _unpack_journal(kind, blobs)
-                parts: list[tuple[Columns, bool]] = [(cols, False)]
+                parts: list[tuple[Columns, bool, bytes | None]] = [(cols, False, None)]
                 logged = None
                 if stage is not None and kind == "metrics":
                     parts, logged = stage.split(cols, now)
-                segs = [(part, flag, encode_segment(part)) for part, flag in parts if len(part)]
+                segs = [(part, flag, blob or encode_segment(part))
+                        for part, flag, blob in parts if len(part)]
                 with self._tx():
                     for part, flag, seg in segs:
                         made.append(self._insert_segment(kind, part, seg, summarised=flag))
                     if logged is not None:
                         self.conn.execute("INSERT INTO agg_log(now_ms, n, blob) VALUES (?,?,?)",
                                           (now, len(cols), logged))
+                        self._bump("aggregation_log_bytes", len(logged))
                     self.conn.execute("DELETE FROM journal WHERE kind=? AND id<=?",
                                       (kind, ids[-1]))
                 after = ids[-1]

@@ -125,9 +125,9 @@ class AggregateConfig:
 
     # vmagent-style YAML (a list of rules) or TOML ([[rules]]); empty: no aggregation
     rules_file: str = ""
-    # the aggregation state is saved at every window close, on shutdown and at least this often
+    # each rule's state is saved when it closes a window, on shutdown and at least this often
     # (what came after is replayed from the buffer on start)
-    checkpoint_interval_s: float = field(default=60.0, metadata=_check(
+    checkpoint_interval_s: float = field(default=300.0, metadata=_check(
         lambda v: 1 <= v <= 3600, "must be between 1 and 3600"))
 
 
@@ -390,7 +390,7 @@ device_labels = "device,device_id,host,instance"
 #     outputs: [avg, max, "quantiles(0.5, 0.9, 0.99)"]
 #     keep_raw: false        # only the rollups leave the site
 rules_file = ""
-checkpoint_interval_s = 60.0      # state saved at window closes, on shutdown and this often
+checkpoint_interval_s = 300.0     # state saved at window closes, on shutdown and this often
 
 [scrape]
 static_targets = ""               # e.g. "10.0.0.5:9100,http://cam-1.local:8080/metrics"

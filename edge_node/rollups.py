@@ -4,11 +4,14 @@
 Every roll hands the journal's metric rows to :meth:`RollupStage.split`, which feeds the
 aggregator and says which rows stay raw (and which of those the rollups summarise). The rows
 the aggregator took are appended to a replay log in the same transaction that turns the
-journal into segments. :meth:`RollupStage.finish` closes due windows into ``rollups`` rows and,
-at every window close, every ``checkpoint_interval_s`` and on shutdown, saves the whole state
-and empties the log, again in one transaction. On start (and after a failed transaction)
-:meth:`RollupStage.load` restores the checkpoint and replays the log with each entry's original
-clock, so the state is exactly what it was, whatever instant the process died.
+journal into segments. :meth:`RollupStage.finish` closes due windows into ``rollups`` rows and
+saves the state of each rule that closed a window (every rule every ``checkpoint_interval_s``
+and on shutdown) in one transaction, noting the last log entry each saved state includes; log
+entries every rule has saved are deleted. On start (and after a failed transaction)
+:meth:`RollupStage.load` restores each rule's checkpoint and replays the log entries after it
+with each entry's original clock, so the state is exactly what it was, whatever instant the
+process died. Rules checkpoint at their own pace: a big per-device 5m rule is saved every 5
+minutes, not at every 1m rule's window close.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import numpy as np
 import zstandard
 
 from .aggregate import Aggregator, Rule
-from .buffer import StageOutput, pack_rows, unpack_rows
+from .buffer import StageOutput
 from .model import SeriesKey
-from .wire import Columns
+from .wire import Columns, decode_segment, encode_segment
 
 if TYPE_CHECKING:
     from .buffer import Store
@@ -40,7 +43,7 @@ class RollupStage:
 
     def __init__(self, rules: Sequence[Rule], intern: InternDurable,
                  labels_of: Callable[[int], SeriesKey | None], *,
-                 checkpoint_interval_s: float = 60.0, clock: Callable[[], int] | None = None
+                 checkpoint_interval_s: float = 300.0, clock: Callable[[], int] | None = None
                  ) -> None:
         self.rules = list(rules)
         self.intern = intern
@@ -59,12 +62,14 @@ class RollupStage:
     # -- RollStage ---------------------------------------------------------------------------
 
     def load(self, store: Store) -> None:
-        states_raw, entries = store.agg_saved()
+        saved, entries = store.agg_saved()
         states: dict[str, Any] = {}
-        for fp, blob in states_raw.items():
+        since: dict[str, int] = {}
+        for fp, (blob, log_id) in saved.items():
             try:
                 states[fp] = msgpack.unpackb(self._dctx.decompress(blob), raw=False,
                                              strict_map_key=False)
+                since[fp] = log_id
             except (ValueError, zstandard.ZstdError, msgpack.ExtraData) as exc:
                 log.error("aggregation state of rule %s is unreadable (%s): starting it afresh",
                           fp, exc)
@@ -72,10 +77,15 @@ class RollupStage:
         with self._lock:
             self.agg = Aggregator(self.rules, self.labels_of, now, states)
             n = 0
-            for t, blob in entries:
-                cols = unpack_rows("metrics", self._dctx.decompress(blob))
+            for entry_id, t, blob in entries:
+                # each rule takes the entries its own checkpoint does not include
+                todo = [i for i, r in enumerate(self.rules)
+                        if entry_id > since.get(r.fingerprint, 0)]
+                if not todo:
+                    continue
+                cols = decode_segment(blob)
                 assert cols.values is not None
-                self.agg.ingest(cols.series, cols.ts, cols.values, t)
+                self.agg.ingest(cols.series, cols.ts, cols.values, t, only=todo)
                 n += len(cols)
             self.replayed = n
         resumed = [r.name for r in self.rules if r.fingerprint in states]
@@ -84,25 +94,38 @@ class RollupStage:
                      "replayed", len(self.rules), len(resumed), n)
         self.last_checkpoint_ms = now
 
-    def split(self, cols: Columns, now_ms: int) -> tuple[list[tuple[Columns, bool]], bytes | None]:
+    def split(self, cols: Columns, now_ms: int
+              ) -> tuple[list[tuple[Columns, bool, bytes | None]], bytes | None]:
         assert cols.values is not None
         with self._lock:
             covered, keep = self.agg.ingest(cols.series, cols.ts, cols.values, now_ms)
-        logged = None
-        if covered.any():
-            logged = self._cctx.compress(pack_rows(_take(cols, covered)))
-        if keep.all() and not covered.any():
-            return [(cols, False)], logged
-        return [(_take(cols, keep & ~covered), False), (_take(cols, keep & covered), True)], logged
+        if not covered.any():
+            return [(cols, False, None)], None
+        # the replay log holds the rows the rules took, in the segment codec; when they are
+        # all kept raw too, the summarised segment's bytes serve as the log entry as well
+        summarised = _take(cols, keep & covered)
+        parts: list[tuple[Columns, bool, bytes | None]] = [(_take(cols, keep & ~covered), False,
+                                                           None)]
+        if (covered & ~keep).any():
+            logged = encode_segment(_take(cols, covered), level=1)
+            parts.append((summarised, True, None))
+        else:
+            logged = encode_segment(summarised)
+            parts.append((summarised, True, logged))
+        return parts, logged
 
     def finish(self, now_ms: int, force: bool) -> StageOutput | None:
+        """Close due windows; checkpoint the rules that closed one (their outputs and state
+        commit together), and every rule when forced or ``checkpoint_interval_s`` is up."""
         with self._lock:
-            out, closed = self.agg.flush(now_ms)
-            due = force or closed > 0 or now_ms - self.last_checkpoint_ms >= self.checkpoint_ms
-            if not len(out) and not due:
+            out, _ = self.agg.flush(now_ms)
+            periodic = force or now_ms - self.last_checkpoint_ms >= self.checkpoint_ms
+            save = [st for st in self.agg.rules if periodic or st.closed_now]
+            if not len(out) and not save:
                 return None
             res = StageOutput(compact_before_ms=min(
-                (st.closed_until for st in self.agg.rules), default=0))
+                (st.closed_until for st in self.agg.rules), default=0),
+                rules=frozenset(r.fingerprint for r in self.rules))
             if len(out):
                 sids, new = self.intern(out.keys)
                 res.rollups = Columns("rollups", np.asarray(sids, np.int64),
@@ -110,13 +133,14 @@ class RollupStage:
                                       np.asarray(out.values, np.float64))
                 res.new_series = new
                 self.outputs += len(out)
-            if due:
+            if save:
                 res.states = {
                     st.rule.fingerprint: (st.rule.name, self._cctx.compress(
                         msgpack.packb(st.to_state(), use_bin_type=True)))
-                    for st in self.agg.rules}
-                self.last_checkpoint_ms = now_ms
+                    for st in save}
                 self.checkpoints += 1
+            if periodic:
+                self.last_checkpoint_ms = now_ms
         return res
 
     # -- reading -----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ class BufferService:
 
     def __init__(self, store: Store, cfg: BufferConfig, registry: Registry, *,
                  max_segment_bytes: int = 8 << 20, inline: bool = False,
-                 rules: Sequence[Rule] = (), checkpoint_interval_s: float = 60.0) -> None:
+                 rules: Sequence[Rule] = (), checkpoint_interval_s: float = 300.0) -> None:
         """Args:
             max_segment_bytes: upper bound for one segment, so it fits one batch to central.
             inline: run store calls on the Trio thread instead of a worker thread. Only for

@@ -417,3 +417,22 @@ def test_any_values_never_break_the_aggregator(rows: list[tuple[int, int, float]
     f.push([(key("m", site="a", device=f"d{d}"), T0 + t, v) for d, t, v in rows], now=T0)
     msgpack.packb(f.agg.states())
     f.flush(T0 + 60 * MIN)
+
+
+def test_equal_timestamps_give_the_same_outputs_in_any_order() -> None:
+    """Ties (several series of a group, or one series, at one timestamp) are broken by value,
+    so a replay in another row order reproduces every output."""
+    rules = [{"match": "m", "interval": "1m", "by": ["site"],
+              "outputs": ["last", "increase_prometheus", "total_prometheus"]}]
+    rows = [(key("m", site="a", device="d1"), T0 + 1000, 5.0),
+            (key("m", site="a", device="d2"), T0 + 1000, 9.0),
+            (key("m", site="a", device="d1"), T0 + 2000, 7.0),
+            (key("m", site="a", device="d1"), T0 + 2000, 6.0),
+            (key("m", site="a", device="d2"), T0 + 2000, 7.0)]
+    results = []
+    for perm in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        f = Feed(rules)
+        f.push([rows[i] for i in perm])
+        results.append(f.flush(T0 + 2 * MIN))
+    assert results[0] == results[1] == results[2]
+    assert results[0][("m:1m_by_site_last{site=a}", T0 + MIN)] == 7.0

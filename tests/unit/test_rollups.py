@@ -272,3 +272,20 @@ async def test_service_close_saves_a_checkpoint(tmp_path: Path) -> None:
     assert buf.store.agg_saved()[1]
     await buf.close()
     assert not buf.store.agg_saved()[1] and buf.store.agg_saved()[0]
+
+
+def test_rules_checkpoint_at_their_own_pace(tmp_path: Path) -> None:
+    """The 1m rule saves its state every minute, the 5m rule every 5 minutes; the replay log
+    keeps exactly what the older checkpoint lacks."""
+    buf = open_buffer(tmp_path / "b.sqlite3")
+    saves: dict[str, list[int]] = {"cpu5m": [], "req1m": []}
+    for m in range(12):
+        feed_minute(buf, m)
+        for name, saved_ms in buf.store.conn.execute("SELECT name, saved_ms FROM agg_state"):
+            if not saves[name] or saves[name][-1] != saved_ms:
+                saves[name].append(saved_ms)
+        states, log = buf.store.agg_saved()
+        low = min(log_id for _, log_id in states.values()) if len(states) == 2 else 0
+        assert all(entry_id > low for entry_id, _, _ in log)
+    assert len(saves["req1m"]) >= 10 and len(saves["cpu5m"]) == 2  # closes at 5m and 10m
+
