@@ -7,6 +7,7 @@ nothing acknowledged was lost and nothing was stored twice.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import tempfile
@@ -74,11 +75,14 @@ async def run_demo(devices: int, duration_s: float, *, data_dir: str | None = No
         node_id = store.list_nodes()[-1]["node_id"]
         async with trio.open_nursery() as nursery:
             central = await nursery.start(partial(run_central, Pipeline(store), "127.0.0.1:0"))
+            rules = base / "aggregation.yaml"
+            rules.write_text(DEMO_RULES)
             cfg = EdgeConfig.from_mapping({
                 "node_id": str(node_id), "listen": "127.0.0.1:0",
                 "data_dir": str(base / "edge"),
                 "central": {"url": central.url, "api_key": key, "backoff_max_s": 2.0},
                 "buffer": {"roll_interval_s": 0.5},
+                "aggregate": {"rules_file": str(rules)},
             }, env={})
             node: EdgeNode = await nursery.start(run_edge_node, cfg)
             print(f"demo: central at {central.url} (SQLite in {store.path.parent}), edge node "
@@ -109,6 +113,7 @@ async def run_demo(devices: int, duration_s: float, *, data_dir: str | None = No
                         break
                     await trio.sleep(0.2)
             stored = await trio.to_thread.run_sync(store.counts)
+            rollups = await trio.to_thread.run_sync(_rollups, store)
             node.stop()
             central.stop()
         rate = tally.requests_ok / max(elapsed, 1e-9)
@@ -116,7 +121,47 @@ async def run_demo(devices: int, duration_s: float, *, data_dir: str | None = No
             print(f"note: {devices} devices wanted {devices / period_s:,.0f} requests/s; this one "
                   f"process (devices, edge and central together) managed {rate:,.0f}/s",
                   file=out)
+        _print_rollups(out, rollups)
         return _summary(out, tally, node, stored)
+
+
+# Stream aggregation in the demo: per-site figures every 10 s, kept beside the raw samples.
+DEMO_RULES = """\
+- name: site-cpu
+  match: cpu_usage_percent
+  interval: 10s
+  grace: 2s
+  by: [site]
+  outputs: [avg, max, count_series, "quantiles(0.5, 0.99)"]
+- name: site-network
+  match: '{__name__=~"network_.*_bytes_total"}'
+  interval: 10s
+  grace: 2s
+  by: [site]
+  outputs: [rate_sum]
+"""
+
+
+def _rollups(store: SQLiteStore) -> list[tuple[str, str, float]]:
+    """The newest window's rollups central stored: (name, labels JSON, value)."""
+    conn = store.open_sync()
+    return [(n, lb, v) for n, lb, v in conn.execute(
+        "SELECT name, labels, value FROM rollups_v WHERE ts = (SELECT max(ts) FROM rollups_v) "
+        "ORDER BY name, labels")]
+
+
+def _print_rollups(out: TextIO, rows: list[tuple[str, str, float]]) -> None:
+    if not rows:
+        print("rollups: no 10-s window closed yet (run the demo for longer)", file=out)
+        return
+    print(f"rollups computed at the edge (latest 10-s window, {len(rows)} series; "
+          "`fleet-edge aggregates` shows the rules):", file=out)
+    for name, labels, value in rows[:8]:
+        extra = {k: v for k, v in json.loads(labels).items() if k != "__name__"}
+        inner = ",".join(f'{k}="{v}"' for k, v in sorted(extra.items()))
+        print(f"  {name}{{{inner}}} = {value:,.2f}", file=out)
+    if len(rows) > 8:
+        print(f"  ... and {len(rows) - 8} more", file=out)
 
 
 def _progress(out: TextIO, t: float, total: float, tally: Tally, node: EdgeNode) -> None:
