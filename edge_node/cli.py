@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("file")
     chk.add_argument("--print", action="store_true", help="print the effective config as JSON")
     sub.add_parser("example-config", help="print a commented example config")
+    cr = sub.add_parser("check-rules", help="validate Prometheus-format alerting/recording rule "
+                                            "files; names every unsupported or invalid part")
+    cr.add_argument("files", nargs="+", metavar="FILE")
     st = sub.add_parser("status", help="show a running node's health and counters")
     st.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
                     help="the node's config (to find its listen address)")
@@ -172,6 +175,26 @@ def _aggregates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_rules(files: list[str]) -> int:
+    from .alerts.rules import AlertingRule, RuleFileError, load_rule_file
+
+    bad = 0
+    for f in files:
+        try:
+            groups = load_rule_file(f)
+        except RuleFileError as exc:
+            bad += 1
+            print(f"{f}: FAILED, {len(exc.problems)} problem(s):", file=sys.stderr)
+            for p in exc.problems:
+                print(f"  {p}", file=sys.stderr)
+            continue
+        rules = [r for g in groups for r in g.rules]
+        alerting = sum(isinstance(r, AlertingRule) for r in rules)
+        print(f"{f}: OK, {len(groups)} group(s), {alerting} alerting and "
+              f"{len(rules) - alerting} recording rule(s)")
+    return 1 if bad else 0
+
+
 def _status(args: argparse.Namespace) -> int:
     base = _node_url(args)
     if base is None:
@@ -284,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.cmd == "aggregates":
         return _aggregates(args)
+    if args.cmd == "check-rules":
+        return _check_rules(args.files)
     if args.cmd == "dead-letters":
         return _dead_letters(args)
     if args.cmd == "devices":

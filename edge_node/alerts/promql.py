@@ -51,7 +51,7 @@ _TOKEN = re.compile(r"""
   | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[iI][nN][fF]|[nN][aA][nN])
   | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
   | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-  | (?P<op>=~|!~|==|!=|>=|<=|[-+*/%^<>=(){}\[\],])
+  | (?P<op>\|=|\|~|=~|!~|==|!=|>=|<=|[-+*/%^<>=(){}\[\],])
 """, re.VERBOSE)
 
 _ESC = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
@@ -129,9 +129,54 @@ class VectorSelector:
 
 
 @dataclass(frozen=True)
+class LogFilter:
+    """A LogQL stream selector with line filters: ``{app="pump"} |~ "err|fail" != "debug"``.
+
+    Matching lines are fed into the recent store as samples (value 1) of a series named
+    :attr:`series_name` with the stream's labels, so counting them is counting samples.
+    """
+
+    matchers: tuple[Matcher, ...]
+    filters: tuple[tuple[str, str], ...]  # (op, text): |= != |~ !~
+
+    @property
+    def series_name(self) -> str:
+        doc = repr(([str(m) for m in self.matchers], self.filters)).encode()
+        import hashlib
+
+        return "__log_" + hashlib.sha1(doc).hexdigest()[:12]
+
+    def matches_line(self, line: str) -> bool:
+        for op, text in self.filters:
+            if op == "|=" and text not in line:
+                return False
+            if op == "!=" and text in line:
+                return False
+            if op in ("|~", "!~"):
+                hit = _log_regex(text).search(line) is not None
+                if hit != (op == "|~"):
+                    return False
+        return True
+
+    def matches_stream(self, labels: Mapping[str, str]) -> bool:
+        return all(m.matches(labels.get(m.label, "")) for m in self.matchers)
+
+
+_LOG_RE: dict[str, re.Pattern[str]] = {}
+
+
+def _log_regex(text: str) -> re.Pattern[str]:
+    rx = _LOG_RE.get(text)
+    if rx is None:
+        rx = _LOG_RE[text] = re.compile(text)
+    return rx
+
+
+@dataclass(frozen=True)
 class MatrixSelector:
     vector: VectorSelector
     range_ms: int
+    log: LogFilter | None = None  # a LogQL range over log lines
 
 
 @dataclass(frozen=True)
@@ -338,6 +383,30 @@ class _Parser:
             else:
                 return node
 
+    def log_range(self, sel: VectorSelector) -> MatrixSelector:
+        filters: list[tuple[str, str]] = []
+        while self.tok.kind == "op" and self.tok.text in ("|=", "|~", "!=", "!~"):
+            op = self.next().text
+            if self.tok.kind != "string":
+                raise self.fail("expected a quoted string after a line filter")
+            text = _unquote(self.next().text)
+            if op in ("|~", "!~"):
+                try:
+                    re.compile(text)
+                except re.error as exc:
+                    raise self.fail(f"invalid regular expression {text!r}: {exc}") from None
+            filters.append((op, text))
+        if not (self.tok.kind == "op" and self.tok.text == "["):
+            raise self.fail("a log stream selector needs a range, e.g. [5m]")
+        self.next()
+        if self.tok.kind != "duration":
+            raise self.fail("expected a duration like 5m")
+        rng = parse_duration_ms(self.next().text)
+        self.expect("]")
+        log = LogFilter(sel.matchers, tuple(filters))
+        vector = VectorSelector((make_matcher(NAME_LABEL, "=", log.series_name), *sel.matchers))
+        return MatrixSelector(vector, rng, log)
+
     def label_list(self) -> tuple[str, ...]:
         self.expect("(")
         names: list[str] = []
@@ -367,7 +436,11 @@ class _Parser:
             self.expect(")")
             return inner
         if t.kind == "op" and t.text == "{":
-            return self.selector(None)
+            sel = self.selector(None)
+            if self.tok.kind == "op" and self.tok.text in ("|=", "|~", "!=", "!~") and \
+                    self.toks[self.i + 1].kind == "string":
+                return self.log_range(sel)
+            return sel
         if t.kind == "ident":
             name = t.text
             low = name.lower()
@@ -424,6 +497,10 @@ class _Parser:
                 self.expect(")")
                 break
         want, _ = FUNCTIONS[name]
+        if any(isinstance(a, MatrixSelector) and a.log is not None for a in args) and \
+                name not in ("count_over_time", "rate"):
+            raise self.fail(f"{name}() does not apply to log lines (count_over_time and rate "
+                            "do)")
         if len(args) != len(want):
             raise self.fail(f"{name}() takes {len(want)} argument(s), got {len(args)}")
         for k, (a, w) in enumerate(zip(args, want, strict=True)):
@@ -454,6 +531,30 @@ class _Parser:
         if type_of(inner) != "v":
             raise self.fail(f"{op}() needs an instant vector")
         return Aggregate(op, inner, grouping, without)
+
+
+def log_filters(node: Node) -> list[LogFilter]:
+    """Every LogQL range in ``node`` (their matching lines must be fed to the store)."""
+    out: list[LogFilter] = []
+
+    def walk(n: Node) -> None:
+        if isinstance(n, MatrixSelector) and n.log is not None:
+            out.append(n.log)
+        for child in _children(n):
+            walk(child)
+
+    walk(node)
+    return out
+
+
+def _children(n: Node) -> tuple[Node, ...]:
+    if isinstance(n, Call):
+        return n.args
+    if isinstance(n, Aggregate | Unary):
+        return (n.expr,)
+    if isinstance(n, Binary):
+        return (n.lhs, n.rhs)
+    return ()
 
 
 def parse(src: str) -> Node:
@@ -572,6 +673,10 @@ class Evaluator:
         if f == "absent_over_time":
             return [] if series else [Sample(_absent_labels(m.vector), 1.0)]
         out = []
+        if m.log is not None:  # LogQL: count_over_time, or rate = lines per second
+            div = m.range_ms / 1000 if f == "rate" else 1.0
+            return [Sample(tuple(kv for kv in lb if kv[0] != NAME_LABEL), len(ts) / div)
+                    for lb, ts, _ in series]
         for lb, ts, vals in series:
             if f in ("rate", "increase", "delta"):
                 v = _extrapolated(ts, vals, t - m.vector.offset_ms, m.range_ms,

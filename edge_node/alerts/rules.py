@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from ..model import NAME_LABEL
-from .promql import Evaluator, Node, PromQLError, Queryable, Sample, parse, parse_duration_ms
+from .promql import (
+    Evaluator,
+    LogFilter,
+    Node,
+    PromQLError,
+    Queryable,
+    Sample,
+    log_filters,
+    parse,
+    parse_duration_ms,
+)
 from .templates import Template, TemplateError, parse_template
 
 RESOLVED_RETENTION_MS = 15 * 60_000
@@ -260,6 +270,35 @@ class RuleEngine:
         self.external = dict(external_labels or {})
         self.states: dict[str, _RuleState] = {}
         self.last_error: dict[str, str] = {}
+        seen: dict[str, LogFilter] = {}
+        for g in self.groups:
+            for r in g.rules:
+                for lf in log_filters(r.expr):
+                    seen[lf.series_name] = lf
+        self.log_filters = list(seen.values())
+
+    def feed_logs(self, keys: Sequence[tuple[tuple[str, str], ...]], ts: Sequence[int],
+                  lines: Sequence[bytes]) -> int:
+        """Count log lines for the log rules: each line a rule's filter takes becomes a sample
+        of that filter's series. Returns the lines taken."""
+        add = getattr(self.store, "add", None)
+        if not self.log_filters or add is None:
+            return 0
+        taken = 0
+        streams: dict[tuple[tuple[str, str], ...], list[LogFilter]] = {}
+        for key, t, raw in zip(keys, ts, lines, strict=True):
+            fs = streams.get(key)
+            if fs is None:
+                labels = dict(key)
+                fs = streams[key] = [lf for lf in self.log_filters if lf.matches_stream(labels)]
+            if not fs:
+                continue
+            line = raw.decode("utf-8", "replace")
+            for lf in fs:
+                if lf.matches_line(line):
+                    add(tuple(sorted((*key, (NAME_LABEL, lf.series_name)))), t, 1.0)
+                    taken += 1
+        return taken
 
     def evaluate(self, group: RuleGroup, t_ms: int) -> list[Event]:
         """Evaluate every rule of ``group`` at ``t_ms``; returns firing/resolved events."""

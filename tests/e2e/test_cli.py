@@ -80,3 +80,22 @@ def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:
                  str(tmp_path / "c"))
         assert r.returncode == 1
         assert "cannot start" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_rules_names_every_problem(tmp_path: Path) -> None:
+    good = tmp_path / "good.yml"
+    good.write_text("groups:\n  - name: g\n    rules:\n      - alert: Down\n"
+                    "        expr: up == 0\n        for: 5m\n      - record: job:up:sum\n"
+                    "        expr: sum by (job) (up)\n")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("groups:\n  - name: g\n    rules:\n      - alert: A\n"
+                   "        expr: histogram_quantile(0.9, x)\n      - alert: B\n"
+                   "        expr: up\n        for: often\n")
+    ok = _run("edge_node.cli", "check-rules", str(good))
+    assert ok.returncode == 0
+    assert "OK, 1 group(s), 1 alerting and 1 recording rule(s)" in ok.stdout
+    r = _run("edge_node.cli", "check-rules", str(good), str(bad))
+    assert r.returncode == 1
+    assert f"{bad}: groups[0].rules[0].expr: histogram_quantile() is not in the supported" \
+        in r.stderr
+    assert f"{bad}: groups[0].rules[1].for: 'often' is not a duration" in r.stderr

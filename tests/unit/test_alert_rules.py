@@ -250,3 +250,40 @@ def test_resolved_alerts_are_forgotten_after_15_minutes() -> None:
     flappy = [a for st in engine.states.values() for a in st.alerts.values()
               if a.rule == "Flappy"]
     assert flappy == []
+
+
+LOG_RULES = yaml.safe_load("""
+groups:
+  - name: logs
+    rules:
+      - alert: PumpErrors
+        expr: sum by (device) (count_over_time({app="pump"} |~ "error|fail" != "debug" [5m])) > 2
+      - alert: PumpErrorRate
+        expr: rate({app="pump"} |= "" [1m]) > 0.05
+""")
+
+
+def test_log_rules_count_matching_lines() -> None:
+    store = RecentStore(retention_ms=3600_000)
+    engine = RuleEngine(parse_rule_groups(LOG_RULES), store)
+    stream = (("app", "pump"), ("device", "p1"), ("level", "error"))
+    other = (("app", "fan"), ("device", "f1"))
+    lines = [b"pressure error", b"debug: error injected", b"valve fail", b"ok", b"error again"]
+    taken = engine.feed_logs([stream] * 5 + [other], [MIN + i for i in range(6)],
+                             [*lines, b"error"])
+    assert taken == 3 + 5  # the first rule takes 3 lines, the catch-all rate rule all 5
+    events = engine.evaluate(engine.groups[0], 2 * MIN)
+    fired = {(e.alert.rule, e.alert.labels.get("device")) for e in events}
+    assert fired == {("PumpErrors", "p1"), ("PumpErrorRate", "p1")}
+    value = next(e.alert.value for e in events if e.alert.rule == "PumpErrors")
+    assert value == 3.0
+
+
+@pytest.mark.parametrize(("expr", "why"), [
+    ('avg_over_time({app="x"} |= "e" [5m])', "does not apply to log lines"),
+    ('count_over_time({app="x"} |= "e")', "needs a range"),
+    ('count_over_time({app="x"} |~ "(" [5m])', "invalid regular expression"),
+])
+def test_log_rule_errors(expr: str, why: str) -> None:
+    with pytest.raises(RuleFileError, match=why):
+        parse_rule_groups({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": expr}]}]})
