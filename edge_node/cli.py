@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the node's config (to find its listen address)")
     ag.add_argument("--url", help="the node's base URL instead of --config")
     ag.add_argument("--json", action="store_true")
+    al = sub.add_parser("alerts", help="list a running node's pending and firing alerts")
+    al.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    help="the node's config (to find its listen address)")
+    al.add_argument("--url", help="the node's base URL instead of --config")
+    al.add_argument("--json", action="store_true")
     dl = sub.add_parser("dead-letters", help="list the batches central refused as malformed; "
                                              "--requeue sends them again")
     dl.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
@@ -138,19 +143,29 @@ def _node_url(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _aggregates(args: argparse.Namespace) -> int:
+def _node_json(args: argparse.Namespace, path: str, pick: Callable[[Any], Any]
+               ) -> tuple[Any, int | None]:
+    """GET ``path`` from the running node: (the picked part, None), or (None, exit code) after
+    saying what went wrong; with --json the part is printed and the exit code is 0."""
     base = _node_url(args)
     if base is None:
-        return 2
+        return None, 2
     try:
-        doc = httpx.get(base + "/api/v1/aggregates", timeout=10).json()
-    except httpx.HTTPError as exc:
-        print(f"fleet-edge aggregates: cannot reach the node at {base}: {exc}", file=sys.stderr)
-        return 1
-    rules = doc.get("rules", [])
+        part = pick(httpx.get(base + path, timeout=10).json())
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        print(f"fleet-edge {args.cmd}: cannot read {path} from the node at {base}: {exc}",
+              file=sys.stderr)
+        return None, 1
     if args.json:
-        print(json.dumps(rules, indent=2))
-        return 0
+        print(json.dumps(part, indent=2))
+        return None, 0
+    return part, None
+
+
+def _aggregates(args: argparse.Namespace) -> int:
+    rules, code = _node_json(args, "/api/v1/aggregates", lambda d: d["rules"])
+    if code is not None:
+        return code
     if not rules:
         print("no stream-aggregation rules (set aggregate.rules_file)")
         return 0
@@ -172,6 +187,25 @@ def _aggregates(args: argparse.Namespace) -> int:
             name = labels.pop("__name__", "")
             inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
             print(f"  {name}{{{inner}}} = {value:g}")
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    alerts, code = _node_json(args, "/api/v1/alerts", lambda d: d["data"]["alerts"])
+    if code is not None:
+        return code
+    if not alerts:
+        print("no pending or firing alerts")
+        return 0
+    print(f"{'STATE':<8} {'ALERT':<24} {'SINCE (UTC)':<20} {'VALUE':>12}  LABELS")
+    for a in alerts:
+        labels = {k: v for k, v in a["labels"].items() if k != "alertname"}
+        inner = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        print(f"{a['state']:<8} {a['labels'].get('alertname', '')[:24]:<24} "
+              f"{_utc(int(a['activeAt'] * 1000)):<20} {float(a['value']):>12.6g}  {inner}")
+        summary = a["annotations"].get("summary")
+        if summary:
+            print(f"{'':<8} {summary}")
     return 0
 
 
@@ -307,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         return _status(args)
     if args.cmd == "aggregates":
         return _aggregates(args)
+    if args.cmd == "alerts":
+        return _alerts(args)
     if args.cmd == "check-rules":
         return _check_rules(args.files)
     if args.cmd == "dead-letters":

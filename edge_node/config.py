@@ -131,6 +131,34 @@ class AggregateConfig:
         lambda v: 1 <= v <= 3600, "must be between 1 and 3600"))
 
 
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Local alerting: rules evaluated on the node, hooks run on the node."""
+
+    # comma-separated Prometheus-format rule files (alerting and recording rules)
+    rule_files: str = ""
+    # YAML: route (group_by, repeat_interval) and hooks (exec, webhook, alertmanager, log)
+    hooks_file: str = ""
+    # the built-in rules of the fleetd data architecture (device offline, ingestion drop,
+    # storage, forward failures, backlog age) and their thresholds
+    builtin_rules: bool = True
+    builtin_interval_s: float = field(default=30.0, metadata=_check(
+        lambda v: 1 <= v <= 3600, "must be between 1 and 3600"))
+    device_offline_after_s: float = field(default=300.0, metadata=_check(
+        lambda v: v >= 10, "must be >= 10"))
+    ingest_drop_ratio: float = field(default=0.2, metadata=_check(
+        lambda v: 0 < v < 1, "must be between 0 and 1"))
+    storage_used_ratio: float = field(default=0.8, metadata=_check(
+        lambda v: 0 < v <= 1, "must be between 0 and 1"))
+    forward_failure_ratio: float = field(default=0.01, metadata=_check(
+        lambda v: 0 < v <= 1, "must be between 0 and 1"))
+    backlog_age_s: float = field(default=3600.0, metadata=_check(
+        lambda v: v >= 1, "must be >= 1"))
+    # recent samples kept in memory for rules (series beyond this are ignored and counted)
+    max_series: int = field(default=200_000, metadata=_check(lambda v: v >= 100,
+                                                            "must be >= 100"))
+
+
 def _listen_ok(v: str) -> bool:
     host, sep, port = v.rpartition(":")
     return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
@@ -156,6 +184,7 @@ class EdgeConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property
     def listen_host(self) -> str:
@@ -164,6 +193,34 @@ class EdgeConfig:
     @property
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    def alert_rule_groups(self) -> list[Any]:
+        """The groups of every ``alerts.rule_files`` file (errors name file, rule and field)."""
+        from .alerts.rules import RuleFileError, load_rule_file
+
+        groups: list[Any] = []
+        for path in (p.strip() for p in self.alerts.rule_files.split(",")):
+            if not path:
+                continue
+            try:
+                groups += load_rule_file(path)
+            except RuleFileError as exc:
+                raise ConfigError("alerts.rule_files", "; ".join(exc.problems)) from None
+        names = [g.name for g in groups]
+        for n in names:
+            if names.count(n) > 1:
+                raise ConfigError("alerts.rule_files", f"group name {n!r} is used twice")
+        return groups
+
+    def alert_hooks(self) -> Any:
+        from .alerts.notify import HooksConfig, HooksError, load_hooks_file
+
+        if not self.alerts.hooks_file:
+            return HooksConfig()
+        try:
+            return load_hooks_file(self.alerts.hooks_file)
+        except HooksError as exc:
+            raise ConfigError("alerts.hooks_file", "; ".join(exc.problems)) from None
 
     def aggregation_rules(self) -> list[Any]:
         """The stream-aggregation rules (read from ``aggregate.rules_file`` on each call)."""
@@ -221,6 +278,8 @@ def _cross_checks(cfg: EdgeConfig) -> None:
     if cfg.ingest.max_decompressed_bytes < cfg.ingest.max_body_bytes:
         raise ConfigError("ingest.max_decompressed_bytes", "must be >= ingest.max_body_bytes")
     cfg.aggregation_rules()  # raises ConfigError naming the rule and field
+    cfg.alert_rule_groups()
+    cfg.alert_hooks()
 
 
 def load_aggregation_rules(path: str) -> list[Any]:
@@ -391,6 +450,19 @@ device_labels = "device,device_id,host,instance"
 #     keep_raw: false        # only the rollups leave the site
 rules_file = ""
 checkpoint_interval_s = 300.0     # state saved at window closes, on shutdown and this often
+
+[alerts]
+rule_files = ""                   # Prometheus rule files, comma-separated (fleet-edge check-rules)
+hooks_file = ""                   # YAML: route (group_by, repeat_interval) + hooks (exec,
+                                  # webhook, alertmanager, log)
+builtin_rules = true              # device offline, ingestion drop, storage, forwarding, backlog
+builtin_interval_s = 30.0
+device_offline_after_s = 300.0    # a known device silent this long is offline
+ingest_drop_ratio = 0.2           # ingestion 20% below the previous 10 minutes
+storage_used_ratio = 0.8          # buffer budget or data disk 80% used
+forward_failure_ratio = 0.01      # more than 1% of sends to central failing
+backlog_age_s = 3600.0            # oldest unforwarded data older than this
+max_series = 200000               # recent series kept in memory for the rules
 
 [scrape]
 static_targets = ""               # e.g. "10.0.0.5:9100,http://cam-1.local:8080/metrics"

@@ -72,6 +72,8 @@ class Forwarder:
                                      ("kind",))
         self.m_acked = r.counter("acked_total", "Rows central acknowledged.", ("kind",))
         self.m_bytes = r.counter("forwarded_bytes_total", "Batch bytes sent to central.")
+        self.m_attempts = r.counter("forward_attempts_total",
+                                    "Batches sent to central, each try counted.")
         self.m_errors = r.counter("forward_errors_total", "Failed sends, by reason.",
                                   ("reason",))
         self.m_dead = r.counter("dead_lettered_total",
@@ -162,6 +164,7 @@ class Forwarder:
                    "Content-Type": BATCH_CONTENT_TYPE}
         self.m_forwarded.inc(seg.n, seg.kind)
         self.m_bytes.inc(len(body))
+        self.m_attempts.inc()
         try:
             with trio.fail_after(self.cfg.central.timeout_s):
                 resp = await self.client.post(self.url, content=body, headers=headers)

@@ -263,7 +263,7 @@ class EdgeApp:
 
 
 def create_app(cfg: EdgeConfig, buffer: BufferService, registry: Registry,
-               health: Callable[[], dict[str, Any]]) -> EdgeApp:
+               health: Callable[[], dict[str, Any]], alerts: Any = None) -> EdgeApp:
     """Build the node's ASGI app around a running :class:`BufferService`."""
     app = QuartTrio("fleet_edge")
 
@@ -272,6 +272,13 @@ def create_app(cfg: EdgeConfig, buffer: BufferService, registry: Registry,
         # "ok" while the node runs: an unreachable central is normal for an edge, and shown
         # in the fields, not as a failed health check that would get the node restarted
         body = {"status": "ok", "node_id": cfg.node_id, **health()}
+        return Response(json.dumps(body), mimetype="application/json")
+
+    @app.get("/api/v1/alerts")
+    async def alerts_api() -> Response:
+        # Prometheus' format, so tools that read /api/v1/alerts read this one
+        body = {"status": "success",
+                "data": {"alerts": alerts.summary() if alerts is not None else []}}
         return Response(json.dumps(body), mimetype="application/json")
 
     @app.get("/api/v1/aggregates")

@@ -23,6 +23,7 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from . import __version__
+from .alerts.service import AlertService, builtin_group
 from .buffer import Store
 from .config import EdgeConfig
 from .forward import Forwarder
@@ -44,6 +45,7 @@ class EdgeNode:
     buffer: BufferService
     forwarder: Forwarder
     registry: Registry
+    alerts: AlertService | None = None
     stop_event: trio.Event = field(default_factory=trio.Event)
 
     def stop(self) -> None:
@@ -83,6 +85,14 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     own_client = client is None
     if client is None:
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)
+    alert_groups = cfg.alert_rule_groups()
+    if cfg.alerts.builtin_rules:
+        alert_groups.append(builtin_group(cfg.alerts))
+    alerts = None
+    if alert_groups:
+        alerts = AlertService(alert_groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir,
+                              registry, max_series=cfg.alerts.max_series, client=client)
+        buffer.observers.append(alerts.observe)
     try:
         forwarder = Forwarder(cfg, buffer, client, registry)
         def health() -> dict[str, Any]:
@@ -93,7 +103,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
                     "backlog_age_s": round(buffer.backlog_age(), 3),
                     "buffer_bytes": st.used_bytes, "dead_letters": st.dead_letters}
 
-        app = create_app(cfg, buffer, registry, health)
+        app = create_app(cfg, buffer, registry, health, alerts)
         hc = HyperConfig()
         hc.bind = [cfg.listen]
         hc.graceful_timeout = cfg.drain_timeout_s
@@ -115,6 +125,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
         async with trio.open_nursery() as nursery:
             await nursery.start(buffer.serve)
             nursery.start_soon(forwarder.run)
+            if alerts is not None:
+                await nursery.start(alerts.run)
             binds = await nursery.start(serve_http)
             scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
             scraping = trio.CancelScope()
@@ -125,7 +137,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
 
                 nursery.start_soon(scrape)
             node = EdgeNode(cfg=cfg, url=binds[0], buffer=buffer, forwarder=forwarder,
-                            registry=registry)
+                            registry=registry, alerts=alerts)
             log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
                      cfg.central.url)
             sd_notify("READY=1")
@@ -139,6 +151,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             with trio.move_on_after(cfg.drain_timeout_s + 1):
                 await served.wait()
             await buffer.close()
+            if alerts is not None:
+                await alerts.close()
             app.ingest.devices.close()
             nursery.cancel_scope.cancel()
     finally:

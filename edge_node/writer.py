@@ -65,6 +65,8 @@ class BufferService:
         self.series, self.next_sid = store.load_series()
         self.unsaved: list[tuple[int, SeriesKey]] = []
         self._intern_lock = threading.Lock()  # the roll interns rollup series on its thread
+        # called with every committed batch (local alerting reads what was just committed)
+        self.observers: list[Callable[[IngestBatch], None]] = []
         self.stage: RollupStage | None = None
         if rules:
             self.stage = RollupStage(rules, self.intern_durable, store.labels_of,
@@ -215,6 +217,12 @@ class BufferService:
         del self.unsaved[:len(new)]
         self.m_commits.inc()
         self.m_commit_requests.inc(len(group))
+        for obs in self.observers:
+            for t in group:
+                try:
+                    obs(t.batch)
+                except Exception:  # an observer must never break the write path
+                    log.exception("a commit observer failed")
         for t in group:
             b = t.batch
             self.m_committed.inc(b.n_samples, "metrics")

@@ -1,0 +1,173 @@
+"""The alert service on Trio's virtual clock (``autojump_clock``): a 5-minute offline rule runs
+in milliseconds. Notifications go through the durable outbox to a log hook; a failing webhook
+is retried with backoff; a restart neither re-fires nor forgets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import trio
+import trio.testing
+
+from edge_node.alerts.notify import HooksConfig, parse_hooks
+from edge_node.alerts.rules import parse_rule_groups
+from edge_node.alerts.service import AlertService, builtin_group
+from edge_node.config import AlertsConfig
+from edge_node.metrics import Registry
+from edge_node.model import IngestBatch
+
+T0 = 1_795_839_600.0  # wall-clock seconds at virtual time 0
+
+
+def service(tmp: Path, hooks: HooksConfig, groups: list | None = None,
+            client: httpx.AsyncClient | None = None) -> AlertService:
+    cfg = AlertsConfig(builtin_interval_s=30, device_offline_after_s=300)
+    groups = groups if groups is not None else [builtin_group(cfg)]
+    return AlertService(groups, hooks, "gw-1", tmp, Registry("fleet_edge"),
+                        clock=lambda: T0 + trio.current_time(), client=client, inline=True)
+
+
+def beat(svc: AlertService, device: str) -> None:
+    b = IngestBatch()
+    b.metric_keys.append((("__name__", "temp"), ("device", device), ("site", "s1")))
+    b.metric_ts.append(svc.now_ms())
+    b.metric_values.append(21.5)
+    svc.observe(b)
+
+
+def log_hook(tmp: Path) -> HooksConfig:
+    return parse_hooks({"route": {"group_by": ["alertname", "device"]},
+                        "hooks": [{"name": "journal", "type": "log",
+                                   "path": str(tmp / "alerts.jsonl")}]})
+
+
+def notifications(tmp: Path) -> list[dict]:
+    p = tmp / "alerts.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+
+async def test_device_offline_fires_within_threshold_plus_one_interval(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    svc = service(tmp_path, log_hook(tmp_path))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run)
+        for _ in range(10):  # reporting every 30 s
+            beat(svc, "pump-1")
+            beat(svc, "fan-2")
+            await trio.sleep(30)
+        beat(svc, "fan-2")
+        silent_since = trio.current_time()  # pump-1 stops
+        while not notifications(tmp_path):
+            beat(svc, "fan-2")
+            await trio.sleep(5)
+        took = trio.current_time() - silent_since
+        assert 300 <= took <= 300 + 30 + 30  # the threshold, one interval, one report gap
+        (note,) = notifications(tmp_path)
+        assert note["version"] == "4" and note["status"] == "firing"
+        (alert,) = note["alerts"]
+        assert alert["labels"]["alertname"] == "DeviceOffline"
+        assert alert["labels"]["device"] == "pump-1" and alert["labels"]["site"] == "s1"
+        assert "pump-1 has sent nothing for 5m" in alert["annotations"]["summary"]
+        assert note["groupLabels"] == {"alertname": "DeviceOffline", "device": "pump-1"}
+        n.cancel_scope.cancel()
+    await svc.close()
+
+    # a restart while it fires: no second notification
+    svc2 = service(tmp_path, log_hook(tmp_path))
+    assert [a["labels"]["device"] for a in svc2.summary()] == ["pump-1"]
+    async with trio.open_nursery() as n:
+        await n.start(svc2.run)
+        for _ in range(6):
+            beat(svc2, "fan-2")
+            await trio.sleep(30)
+        assert len(notifications(tmp_path)) == 1
+        # the device comes back: one resolved notification
+        beat(svc2, "pump-1")
+        await trio.sleep(61)
+        n.cancel_scope.cancel()
+    await svc2.close()
+    notes = notifications(tmp_path)
+    assert [x["status"] for x in notes] == ["firing", "resolved"]
+    assert notes[1]["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
+
+
+async def test_a_failing_webhook_is_retried_until_delivered(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    received: list[dict] = []
+    state = {"up": False}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not state["up"]:
+            return httpx.Response(503)
+        received.append(json.loads(request.content))
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    hooks = parse_hooks({"hooks": [{"name": "ops", "type": "webhook",
+                                    "url": "http://receiver.invalid/hook"}]})
+    groups = parse_rule_groups({"groups": [{"name": "g", "interval": "10s", "rules": [
+        {"alert": "Hot", "expr": "temp > 30", "labels": {"severity": "page"}}]}]})
+    svc = service(tmp_path, hooks, groups, client)
+    async with trio.open_nursery() as n:
+        await n.start(svc.run)
+        b = IngestBatch(metric_keys=[(("__name__", "temp"), ("device", "d1"))],
+                        metric_ts=[svc.now_ms()], metric_values=[35.0])
+        svc.observe(b)
+        await trio.sleep(120)  # the receiver is down: attempts back off
+        assert received == []
+        outbox = svc.db.outbox()
+        assert outbox[0]["attempts"] >= 3 and "503" in outbox[0]["last_error"]
+        state["up"] = True
+        await trio.sleep(400)
+        n.cancel_scope.cancel()
+    await svc.close()
+    # delivered once, not once per attempt; then resolved once the sample aged out (the
+    # 5-minute lookback of an instant selector)
+    assert [r["status"] for r in received] == ["firing", "resolved"]
+    assert received[0]["alerts"][0]["labels"] == {"alertname": "Hot", "device": "d1",
+                                                  "severity": "page"}
+    assert received[0]["receiver"] == "ops"
+
+
+async def test_a_running_node_alerts_and_lists_them(tmp_path: Path) -> None:
+    """Real clock, real node: a rule file, a log hook, /api/v1/alerts and `fleet-edge alerts`."""
+    import subprocess
+    import sys
+
+    from edge_node.node import open_edge_node
+    from tests.conftest import edge_config, wait_for
+
+    rules = tmp_path / "rules.yml"
+    rules.write_text("groups:\n  - name: site\n    interval: 1s\n    rules:\n"
+                     "      - alert: Hot\n        expr: max by (device) (temp_c) > 30\n"
+                     "        labels: {severity: page}\n"
+                     "        annotations: {summary: '{{ $labels.device }} at {{ $value }}C'}\n")
+    hooks = tmp_path / "hooks.yml"
+    hooks.write_text(f"hooks:\n  - name: journal\n    type: log\n"
+                     f"    path: {tmp_path / 'a.jsonl'}\n")
+    cfg = edge_config(tmp_path, None, alerts={"rule_files": str(rules),
+                                              "hooks_file": str(hooks)})
+    async with open_edge_node(cfg) as node, httpx.AsyncClient() as c:
+        r = await c.post(node.url + "/api/v1/ingest", json={
+            "device_id": "boiler-1", "metrics": [{"name": "temp_c", "value": 31.5}]})
+        assert r.status_code == 204
+        await wait_for(lambda: notifications_in(tmp_path / "a.jsonl"), timeout=15)
+        doc = (await c.get(node.url + "/api/v1/alerts")).json()
+        (alert,) = doc["data"]["alerts"]
+        assert alert["state"] == "firing"
+        assert alert["labels"] == {"alertname": "Hot", "device": "boiler-1", "severity": "page"}
+        assert alert["annotations"]["summary"] == "boiler-1 at 31.5C"
+        out = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "edge_node.cli", "alerts", "--url", node.url],
+            capture_output=True, text=True, timeout=30))
+        assert out.returncode == 0, out.stderr
+        assert "firing" in out.stdout and "Hot" in out.stdout and "boiler-1 at 31.5C" in out.stdout
+        text = (await c.get(node.url + "/metrics")).text
+        assert 'fleet_edge_alerts_active{state="firing"} 1' in text
+        assert 'fleet_edge_alert_notifications_total{hook="journal",outcome="delivered"} 1' in text
+
+
+def notifications_in(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
