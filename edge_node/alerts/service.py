@@ -138,14 +138,22 @@ class AlertDB:
             raise
 
     def due(self, hook: str, now_ms: int, limit: int = 20) -> list[tuple[int, str, int]]:
-        return [(int(i), p, int(a)) for i, p, a in self.conn.execute(
-            "SELECT id, payload, attempts FROM outbox WHERE hook=? AND delivered_ms IS NULL "
-            "AND next_ms<=? ORDER BY id LIMIT ?", (hook, now_ms, limit))]
+        """The hook's oldest undelivered notifications that are due, in order: a notification
+        waiting for a retry holds back the ones queued after it (a receiver never sees a
+        resolution before the alert)."""
+        out = []
+        for i, p, a, nxt in self.conn.execute(
+                "SELECT id, payload, attempts, next_ms FROM outbox WHERE hook=? AND "
+                "delivered_ms IS NULL ORDER BY id LIMIT ?", (hook, limit)):
+            if nxt > now_ms:
+                break
+            out.append((int(i), p, int(a)))
+        return out
 
     def next_due_ms(self, hook: str) -> int | None:
-        (t,) = self.conn.execute("SELECT min(next_ms) FROM outbox WHERE hook=? AND "
-                                 "delivered_ms IS NULL", (hook,)).fetchone()
-        return None if t is None else int(t)
+        row = self.conn.execute("SELECT next_ms FROM outbox WHERE hook=? AND delivered_ms IS "
+                                "NULL ORDER BY id LIMIT 1", (hook,)).fetchone()
+        return None if row is None else int(row[0])
 
     def delivered(self, row_id: int, now_ms: int, result: str) -> None:
         self.conn.execute("UPDATE outbox SET delivered_ms=?, attempts=attempts+1, last_result=? "

@@ -171,3 +171,17 @@ async def test_a_running_node_alerts_and_lists_them(tmp_path: Path) -> None:
 
 def notifications_in(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_outbox_keeps_order_behind_a_retry(tmp_path: Path) -> None:
+    from edge_node.alerts.service import AlertDB
+
+    db = AlertDB(tmp_path / "a.sqlite3")
+    db.commit(1000, {}, [("h", "d1", "g", "firing", "{}"), ("h", "d2", "g", "resolved", "{}"),
+                         ("h", "d1", "g", "firing", "{}")])  # the repeat is ignored (dedup)
+    first, second = db.due("h", 1000)
+    db.failed(first[0], 5000, "HTTP 503")
+    assert db.due("h", 2000) == []  # the resolution waits behind the firing notification
+    assert db.next_due_ms("h") == 5000
+    assert [r[0] for r in db.due("h", 5000)] == [first[0], second[0]]
+    db.close()
