@@ -47,7 +47,7 @@ import zstandard
 
 from .errors import BufferError_
 from .model import IngestBatch, SeriesKey
-from .wire import KINDS, VALUE_KINDS, Columns, decode_segment, encode_segment
+from .wire import KINDS, LINE_KINDS, VALUE_KINDS, Columns, decode_segment, encode_segment
 
 # Drop order under disk pressure: lowest priority first. Heartbeats are never dropped.
 DROP_ORDER = ("logs", "metrics", "rollups")
@@ -119,9 +119,12 @@ def _pack_journal(kind: str, sids: Sequence[int], ts: Sequence[int],
 
 
 def pack_journal_rows(
-        batches: Sequence[tuple[IngestBatch, tuple[list[int], list[int], list[int]]]]
+        batches: Sequence[tuple[IngestBatch, tuple[list[int], ...]]]
 ) -> list[tuple[str, int, bytes]]:
-    """One journal row per kind for a whole group of requests: [(kind, rows, blob)]."""
+    """One journal row per kind for a whole group of requests: [(kind, rows, blob)].
+
+    Each batch comes with its series ids: metrics, logs, heartbeats and (optionally) alerts.
+    """
     m_ids: list[int] = []
     m_ts: list[int] = []
     m_v: list[float] = []
@@ -130,7 +133,11 @@ def pack_journal_rows(
     l_lines: list[bytes] = []
     h_ids: list[int] = []
     h_ts: list[int] = []
-    for b, (mi, li, hi) in batches:
+    a_ids: list[int] = []
+    a_ts: list[int] = []
+    a_lines: list[bytes] = []
+    for b, sids in batches:
+        mi, li, hi = sids[0], sids[1], sids[2]
         if b.metric_values:
             m_ids += mi
             m_ts += b.metric_ts
@@ -142,6 +149,10 @@ def pack_journal_rows(
         if b.hb_ts:
             h_ids += hi
             h_ts += b.hb_ts
+        if b.alert_lines:
+            a_ids += sids[3]
+            a_ts += b.alert_ts
+            a_lines += b.alert_lines
     rows = []
     if m_v:
         rows.append(("metrics", len(m_v), _pack_journal("metrics", m_ids, m_ts, m_v, None)))
@@ -150,6 +161,9 @@ def pack_journal_rows(
     if h_ts:
         rows.append(("heartbeats", len(h_ts), _pack_journal("heartbeats", h_ids, h_ts, None,
                                                             None)))
+    if a_lines:
+        rows.append(("alerts", len(a_lines), _pack_journal("alerts", a_ids, a_ts, None,
+                                                          a_lines)))
     return rows
 
 
@@ -167,7 +181,7 @@ def _unpack_journal(kind: str, blobs: Iterable[bytes]) -> Columns:
                    ts=np.concatenate(t) if t else np.zeros(0, np.int64))
     if kind in VALUE_KINDS:
         cols.values = np.concatenate(v) if v else np.zeros(0, np.float64)
-    if kind == "logs":
+    if kind in LINE_KINDS:
         cols.lines = lines
     return cols
 
@@ -285,8 +299,7 @@ class Store:
     # -- ingest --------------------------------------------------------------------------------
 
     def append(self, new_series: Sequence[tuple[int, SeriesKey]],
-               batches: Sequence[tuple[IngestBatch, tuple[list[int], list[int], list[int]]]]
-               ) -> None:
+               batches: Sequence[tuple[IngestBatch, tuple[list[int], ...]]]) -> None:
         """Commit new series and the rows of ``batches`` (with their series ids) at once."""
         self.append_rows(new_series, pack_journal_rows(batches))
 

@@ -37,6 +37,10 @@ class IngestBatch:
     log_lines: list[bytes] = field(default_factory=list)
     hb_keys: list[SeriesKey] = field(default_factory=list)
     hb_ts: list[int] = field(default_factory=list)
+    # alert events of the node's local alerting: (alert label set, ts ms, event JSON)
+    alert_keys: list[SeriesKey] = field(default_factory=list)
+    alert_ts: list[int] = field(default_factory=list)
+    alert_lines: list[bytes] = field(default_factory=list)
 
     @property
     def n_samples(self) -> int:
@@ -50,5 +54,9 @@ class IngestBatch:
     def n_heartbeats(self) -> int:
         return len(self.hb_ts)
 
+    @property
+    def n_alerts(self) -> int:
+        return len(self.alert_lines)
+
     def __bool__(self) -> bool:
-        return bool(self.metric_values or self.log_lines or self.hb_ts)
+        return bool(self.metric_values or self.log_lines or self.hb_ts or self.alert_lines)

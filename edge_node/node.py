@@ -91,7 +91,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     alerts = None
     if alert_groups:
         alerts = AlertService(alert_groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir,
-                              registry, max_series=cfg.alerts.max_series, client=client)
+                              registry, max_series=cfg.alerts.max_series, client=client,
+                              forward=buffer.write)
         buffer.observers.append(alerts.observe)
     try:
         forwarder = Forwarder(cfg, buffer, client, registry)

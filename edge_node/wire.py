@@ -1,8 +1,8 @@
 """The edge->central wire format and the columnar segment codec (sans-IO, shared with central).
 
 A **segment** is what the buffer stores and what the forwarder ships unchanged: the data of one
-kind (``metrics``, ``rollups``, ``logs`` or ``heartbeats``) as columns, sorted by (series id,
-timestamp)::
+kind (``metrics``, ``rollups``, ``logs``, ``heartbeats`` or ``alerts``) as columns, sorted by
+(series id, timestamp)::
 
     zstd( msgpack {
         "v": 3, "k": kind, "n": rows,
@@ -45,8 +45,9 @@ WIRE_VERSION = 1
 SEGMENT_VERSION = 3
 # forward priority order, highest first: rollups (the edge's stream-aggregation outputs) are
 # small and summarise the raw metrics, so they go before them
-KINDS = ("heartbeats", "rollups", "metrics", "logs")
+KINDS = ("alerts", "heartbeats", "rollups", "metrics", "logs")
 VALUE_KINDS = frozenset({"metrics", "rollups"})  # kinds whose rows are (series, ts, value)
+LINE_KINDS = frozenset({"logs", "alerts"})       # kinds whose rows are (series, ts, text)
 BATCH_CONTENT_TYPE = "application/vnd.fleetd.batch+msgpack"
 FLOAT_MODE = 255
 _MAX_EXP = 9
@@ -82,7 +83,7 @@ def concat_columns(kind: str, parts: list[Columns]) -> Columns:
     if kind in VALUE_KINDS:
         cols.values = np.concatenate([p.values for p in parts if p.values is not None]) \
             if parts else np.zeros(0, np.float64)
-    if kind == "logs":
+    if kind in LINE_KINDS:
         cols.lines = [ln for p in parts for ln in (p.lines or [])]
     return cols
 

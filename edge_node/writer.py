@@ -37,7 +37,7 @@ _MAX_GROUP = 512
 @dataclass
 class _Ticket:
     batch: IngestBatch
-    sids: tuple[list[int], list[int], list[int]]  # metric, log, heartbeat series ids
+    sids: tuple[list[int], ...]  # metric, log, heartbeat, alert series ids
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
 
@@ -180,7 +180,7 @@ class BufferService:
         if self._closed:
             raise BufferError_("the buffer is shutting down")
         ticket = _Ticket(batch, (self.intern(batch.metric_keys), self.intern(batch.log_keys),
-                                 self.intern(batch.hb_keys)))
+                                 self.intern(batch.hb_keys), self.intern(batch.alert_keys)))
         await self._send.send(ticket)
         await ticket.done.wait()
         if ticket.error is not None:
@@ -228,6 +228,8 @@ class BufferService:
             self.m_committed.inc(b.n_samples, "metrics")
             self.m_committed.inc(b.n_logs, "logs")
             self.m_committed.inc(b.n_heartbeats, "heartbeats")
+            if b.alert_lines:
+                self.m_committed.inc(b.n_alerts, "alerts")
             t.done.set()
 
     async def run(self, fn: Callable[[*Ts], T], *args: *Ts,

@@ -22,6 +22,7 @@ import numpy as np
 
 from edge_node.aggregate import parse_duration, split_output_name
 
+from ..alert_rows import alert_events
 from ..errors import SchemaOutdated
 from ..migrations import load
 from ..rollup import minute_rollups
@@ -32,6 +33,7 @@ log = logging.getLogger("fleet_central.clickhouse")
 
 TABLE = "metric_rollups_1m"
 EDGE_TABLE = "edge_rollups"
+ALERT_TABLE = "alert_history"
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -44,11 +46,14 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 def render(template: str, db: str, version: tuple[int, ...], retention_days: int) -> list[str]:
     """The statements of one migration for this server version."""
-    ttl = (f"TTL window_start + INTERVAL {retention_days} DAY"
-           if retention_days and version >= (19, 6) else "")
+    def ttl(column: str) -> str:
+        return (f"TTL {column} + INTERVAL {retention_days} DAY"
+                if retention_days and version >= (19, 6) else "")
+
     settings = ("SETTINGS non_replicated_deduplication_window = 10000"
                 if version >= (22, 2) else "")
-    sql = template.replace("{db}", db).replace("{ttl}", ttl).replace("{settings}", settings)
+    sql = (template.replace("{db}", db).replace("{ttl}", ttl("window_start"))
+           .replace("{ttl_starts_at}", ttl("starts_at")).replace("{settings}", settings))
     body = "\n".join(ln for ln in sql.splitlines() if not ln.lstrip().startswith("--"))
     return [s.strip() for s in body.split(";\n") if s.strip().rstrip(";")]
 
@@ -124,9 +129,25 @@ def edge_rollup_rows(job: Job, cutoff_ms: int) -> tuple[list[bytes], int]:
     return out, bad
 
 
+def alert_history_rows(job: Job) -> list[bytes]:
+    """``JSONEachRow`` lines of an alerts batch (one per alert, state and start)."""
+    events, _ = alert_events(job)
+
+    def stamp(ms: int) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) if ms else \
+            "1970-01-01 00:00:00"
+
+    return [json.dumps({
+        "org": e.org, "node": e.node, "site": e.site, "device": e.device,
+        "alertname": e.alertname, "severity": e.severity, "fingerprint": e.fingerprint,
+        "status": e.status, "starts_at": stamp(e.starts_ms), "ends_at": stamp(e.ends_ms),
+        "labels": json.dumps(e.labels, sort_keys=True),
+        "annotations": json.dumps(e.annotations, sort_keys=True)}).encode() for e in events]
+
+
 class ClickHouseSink:
     name = "clickhouse"
-    kinds = frozenset({"metrics", "rollups"})
+    kinds = frozenset({"metrics", "rollups", "alerts"})
     stores_rows = False  # rollups are derived; the raw rows live in VictoriaMetrics
 
     def __init__(self, url: str, *, database: str = "fleetd_analytics", retention_days: int = 0,
@@ -207,7 +228,10 @@ class ClickHouseSink:
         if cutoff and (expired := int((job.ts < cutoff).sum())):
             job.expired[self.name] = expired
         table = TABLE
-        if job.kind == "rollups":
+        if job.kind == "alerts":
+            rows = alert_history_rows(job)
+            table = ALERT_TABLE
+        elif job.kind == "rollups":
             rows, bad = edge_rollup_rows(job, cutoff)
             if bad:
                 job.unrepresentable[self.name] = bad
@@ -228,7 +252,7 @@ class ClickHouseSink:
             return []
         cutoff = time.strftime("%Y%m%d", time.gmtime(now_s - self.retention_days * 86400))
         dropped = []
-        for table in (TABLE, EDGE_TABLE):
+        for table in (TABLE, EDGE_TABLE, ALERT_TABLE):
             parts = (await self.query(
                 f"SELECT DISTINCT partition FROM system.parts WHERE database = '{self.db}' AND "
                 f"table = '{table}' AND active AND partition < '{cutoff}'")).split()

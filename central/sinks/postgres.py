@@ -33,6 +33,7 @@ import trio_asyncio
 
 from edge_node.wire import VALUE_KINDS, Batch
 
+from ..alert_rows import alert_events
 from ..errors import RegistryError, SchemaOutdated, SinkUnavailable
 from ..migrations import load
 from ..router import DAY_MS, Job
@@ -362,7 +363,9 @@ class PostgresStore:
         if expired:
             job.expired[self.name] = expired
         nid, epoch, org = job.node.node_id, job.epoch, job.node.org
-        devices = job.device_rows()
+        alerts = alert_events(job)[0] if job.kind == "alerts" and keep_kind else []
+        # alert labels name the device they are about, not one that reported
+        devices = job.device_rows() if job.kind != "alerts" else []
         hb_labels = {}
         if job.kind == "heartbeats":
             for sid in job.sids:
@@ -391,6 +394,22 @@ class PostgresStore:
                         [json.dumps(lbl, sort_keys=True) for _, lbl in pending.new_defs])
                 if records:
                     await conn.copy_records_to_table(table, records=records, columns=columns)
+                if alerts:
+                    await conn.execute(
+                        "INSERT INTO alert_events (org, node_id, fingerprint, status, starts_at, "
+                        "ends_at, alertname, severity, device, site, labels, annotations) "
+                        "SELECT $1, $2, u.fp, u.st, u.s, u.e, u.an, u.sev, u.dev, u.site, "
+                        "u.lb::jsonb, u.ann::jsonb FROM unnest($3::text[], $4::text[], "
+                        "$5::timestamptz[], $6::timestamptz[], $7::text[], $8::text[], "
+                        "$9::text[], $10::text[], $11::text[], $12::text[]) AS "
+                        "u(fp, st, s, e, an, sev, dev, site, lb, ann) ON CONFLICT DO NOTHING",
+                        org, nid, [a.fingerprint for a in alerts], [a.status for a in alerts],
+                        [_dt(a.starts_ms) for a in alerts],
+                        [_dt(a.ends_ms) if a.ends_ms else None for a in alerts],
+                        [a.alertname for a in alerts], [a.severity for a in alerts],
+                        [a.device for a in alerts], [a.site for a in alerts],
+                        [json.dumps(a.labels, sort_keys=True) for a in alerts],
+                        [json.dumps(a.annotations, sort_keys=True) for a in alerts])
                 if devices:
                     names = [d[0] for d in devices]
                     await conn.execute(

@@ -24,6 +24,7 @@ import trio
 
 from edge_node.wire import VALUE_KINDS, Batch
 
+from ..alert_rows import alert_events
 from ..errors import RegistryError, SinkUnavailable
 from ..router import Job
 from .base import NodeInfo, Pending, hash_key, new_api_key, pending_from
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS devices (
     first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
     PRIMARY KEY (node_id, device)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS totals (kind TEXT PRIMARY KEY, rows INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_events (
+    node_id TEXT NOT NULL, fingerprint TEXT NOT NULL, status TEXT NOT NULL,
+    starts_ms INTEGER NOT NULL, ends_ms INTEGER NOT NULL, alertname TEXT NOT NULL,
+    severity TEXT NOT NULL, device TEXT NOT NULL, site TEXT NOT NULL, labels TEXT NOT NULL,
+    annotations TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    PRIMARY KEY (node_id, fingerprint, status, starts_ms)) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS samples_v AS
     SELECT s.node_id, json_extract(r.labels, '$.__name__') AS name, r.labels, s.ts, s.value
     FROM samples s JOIN series r USING (node_id, epoch, sid);
@@ -269,6 +276,16 @@ class SQLiteStore:
                 "INSERT INTO logs(node_id, epoch, sid, ts, line) VALUES (?, ?, ?, ?, ?)",
                 zip([nid] * n, [job.epoch] * n, sids, tss,
                     [ln.decode("utf-8", "replace") for ln in job.lines], strict=True))
+        elif job.kind == "alerts" and keep_kind and job.lines is not None:
+            events, _ = alert_events(job)
+            conn.executemany(
+                "INSERT OR IGNORE INTO alert_events(node_id, fingerprint, status, starts_ms, "
+                "ends_ms, alertname, severity, device, site, labels, annotations, received_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(nid, e.fingerprint, e.status, e.starts_ms, e.ends_ms, e.alertname,
+                  e.severity, e.device, e.site, json.dumps(e.labels, sort_keys=True),
+                  json.dumps(e.annotations, sort_keys=True), _now_ms()) for e in events])
+            return  # alert labels name the device they are about, not one that reported
         elif job.kind == "heartbeats":
             conn.executemany(
                 "INSERT INTO heartbeats(node_id, device, ts) VALUES (?, ?, ?)",

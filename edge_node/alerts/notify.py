@@ -176,6 +176,17 @@ def group_key(alert: Alert, route: Route) -> str:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
+def parse_rfc3339_ms(text: str) -> int:
+    """``2026-11-28T10:00:00.123Z`` to Unix milliseconds; 0 for Go's zero time (or empty)."""
+    import calendar
+
+    if not text or text.startswith("0001-01-01"):
+        return 0
+    base, _, frac = text.rstrip("Z").partition(".")
+    secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    return secs * 1000 + int((frac or "0")[:3].ljust(3, "0"))
+
+
 def _rfc3339(ms: int) -> str:
     if ms <= 0:
         return "0001-01-01T00:00:00Z"

@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from .notify import (
     dedup_key,
     exec_env,
     group_key,
+    parse_rfc3339_ms,
     webhook_payload,
 )
 from .promql import (
@@ -58,6 +59,7 @@ from .store import RecentStore
 log = logging.getLogger("fleet_edge.alerts")
 
 SNAPSHOT_EVERY_S = 30.0
+CENTRAL_HOOK = "central"
 DELIVERED_RETENTION_MS = 7 * 86_400_000
 
 _SCHEMA = """
@@ -249,7 +251,8 @@ class AlertService:
     def __init__(self, groups: list[RuleGroup], hooks: HooksConfig, node_id: str,
                  data_dir: str | os.PathLike[str], registry: Registry, *,
                  max_series: int = 200_000, clock: Callable[[], float] = time.time,
-                 client: httpx.AsyncClient | None = None, inline: bool = False) -> None:
+                 client: httpx.AsyncClient | None = None, inline: bool = False,
+                 forward: Callable[[IngestBatch], Awaitable[None]] | None = None) -> None:
         """Args:
             clock: wall-clock seconds (tests pass one that follows Trio's virtual clock).
             inline: run database calls on the Trio thread (tests on ``autojump_clock``, which
@@ -257,7 +260,11 @@ class AlertService:
         """
         self.inline = inline
         self.groups = groups
-        self.hooks = hooks
+        self.forward = forward
+        # forwarding to central is one more hook, through the same durable outbox: an event
+        # reaches central even if the WAN was down when it happened
+        self.hooks = (HooksConfig(hooks.route, (*hooks.hooks, Hook(CENTRAL_HOOK, "central")))
+                      if forward is not None else hooks)
         self.node_id = node_id
         self.registry = registry
         self.clock = clock
@@ -453,6 +460,11 @@ class AlertService:
                 await wake.wait()
 
     async def _send(self, hook: Hook, payload: dict[str, Any]) -> str:
+        if hook.type == "central":
+            assert self.forward is not None
+            batch = alert_batch(payload, self.now_ms())
+            await self.forward(batch)
+            return f"{batch.n_alerts} alert events committed for central"
         if hook.type == "exec":
             return await self._exec(hook, payload)
         if hook.type == "log":
@@ -542,6 +554,18 @@ class AlertService:
                 for a in sorted(self.engine.active(), key=lambda a: (a.rule, a.fingerprint))]
 
 
+def alert_batch(payload: dict[str, Any], now_ms: int) -> IngestBatch:
+    """A notification's alerts as rows of the ``alerts`` data class: series = the alert's
+    labels (named ``ALERTS``, as Prometheus names its alert series), line = the event."""
+    b = IngestBatch()
+    for d in payload.get("alerts", []):
+        labels = {k: v for k, v in d["labels"].items() if k != NAME_LABEL}
+        b.alert_keys.append(tuple(sorted({**labels, NAME_LABEL: "ALERTS"}.items())))
+        b.alert_ts.append(now_ms)
+        b.alert_lines.append(json.dumps(d, sort_keys=True).encode())
+    return b
+
+
 def _name(key: tuple[tuple[str, str], ...]) -> str:
     for k, v in key:
         if k == NAME_LABEL:
@@ -554,20 +578,10 @@ def _alerts_of(payload: dict[str, Any]) -> list[Alert]:
     for d in payload.get("alerts", []):
         a = Alert(d["labels"].get("alertname", ""), d["labels"], d["annotations"],
                   "resolved" if d["status"] == "resolved" else "firing", 0, 0.0)
-        a.fired_at_ms = _parse_ts(d["startsAt"])
-        a.resolved_at_ms = _parse_ts(d.get("endsAt", ""))
+        a.fired_at_ms = parse_rfc3339_ms(d["startsAt"])
+        a.resolved_at_ms = parse_rfc3339_ms(d.get("endsAt", ""))
         out.append(a)
     return out
-
-
-def _parse_ts(text: str) -> int:
-    import calendar
-
-    if not text or text.startswith("0001"):
-        return 0
-    base, _, frac = text.rstrip("Z").partition(".")
-    secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-    return secs * 1000 + int((frac or "0")[:3].ljust(3, "0"))
 
 
 def _append_line(path: str, line: str) -> None:

@@ -17,6 +17,7 @@ from edge_node.alerts.service import AlertService, builtin_group
 from edge_node.config import AlertsConfig
 from edge_node.metrics import Registry
 from edge_node.model import IngestBatch
+from tests.conftest import Central
 
 T0 = 1_795_839_600.0  # wall-clock seconds at virtual time 0
 
@@ -131,8 +132,9 @@ async def test_a_failing_webhook_is_retried_until_delivered(
     assert received[0]["receiver"] == "ops"
 
 
-async def test_a_running_node_alerts_and_lists_them(tmp_path: Path) -> None:
-    """Real clock, real node: a rule file, a log hook, /api/v1/alerts and `fleet-edge alerts`."""
+async def test_a_running_node_alerts_and_lists_them(tmp_path: Path, central: Central) -> None:
+    """Real clock, real node: a rule file, a log hook, /api/v1/alerts and `fleet-edge alerts`;
+    the alert events reach central (its alert_events table) as the highest-priority kind."""
     import subprocess
     import sys
 
@@ -147,8 +149,8 @@ async def test_a_running_node_alerts_and_lists_them(tmp_path: Path) -> None:
     hooks = tmp_path / "hooks.yml"
     hooks.write_text(f"hooks:\n  - name: journal\n    type: log\n"
                      f"    path: {tmp_path / 'a.jsonl'}\n")
-    cfg = edge_config(tmp_path, None, alerts={"rule_files": str(rules),
-                                              "hooks_file": str(hooks)})
+    cfg = edge_config(tmp_path, central, alerts={"rule_files": str(rules),
+                                                 "hooks_file": str(hooks)})
     async with open_edge_node(cfg) as node, httpx.AsyncClient() as c:
         r = await c.post(node.url + "/api/v1/ingest", json={
             "device_id": "boiler-1", "metrics": [{"name": "temp_c", "value": 31.5}]})
@@ -167,6 +169,25 @@ async def test_a_running_node_alerts_and_lists_them(tmp_path: Path) -> None:
         text = (await c.get(node.url + "/metrics")).text
         assert 'fleet_edge_alerts_active{state="firing"} 1' in text
         assert 'fleet_edge_alert_notifications_total{hook="journal",outcome="delivered"} 1' in text
+
+        def events() -> list[tuple[str, str, str, str]]:
+            return central.store.open_sync().execute(
+                "SELECT alertname, status, device, severity FROM alert_events").fetchall()
+
+        await wait_for(lambda: events() == [("Hot", "firing", "boiler-1", "page")], timeout=15)
+        (labels,) = central.store.open_sync().execute(
+            "SELECT labels FROM alert_events").fetchone()
+        assert json.loads(labels)["alertname"] == "Hot"
+        # the device cools down: the resolution reaches the hooks and central too
+        r = await c.post(node.url + "/api/v1/ingest", json={
+            "device_id": "boiler-1", "metrics": [{"name": "temp_c", "value": 20.0}]})
+        assert r.status_code == 204
+        await wait_for(lambda: sorted(e[1] for e in events()) == ["firing", "resolved"],
+                       timeout=15)
+        assert [n["status"] for n in notifications_in(tmp_path / "a.jsonl")] == \
+            ["firing", "resolved"]
+        assert 'fleet_edge_acked_total{kind="alerts"} 2' in \
+            (await c.get(node.url + "/metrics")).text
 
 
 def notifications_in(path: Path) -> list[dict]:

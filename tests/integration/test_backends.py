@@ -435,3 +435,49 @@ async def test_edge_rollups_land_in_victoriametrics_and_clickhouse(backends: Bac
         assert again == [{"n": "4"}]
         r = await run.post(rollups_batch(run.node, 1))
         assert r.json() == {"status": "duplicate", "seq": 1}
+
+
+def alerts_batch(node: str, seq: int) -> bytes:
+    firing = {"status": "firing", "fingerprint": "f1", "value": 1.0,
+              "labels": {"alertname": "DeviceOffline", "device": "pump-1", "severity": "page"},
+              "annotations": {"summary": "pump-1 silent for 5m 10s"},
+              "startsAt": "2026-11-28T10:00:00.250Z", "endsAt": "0001-01-01T00:00:00Z"}
+    resolved = {**firing, "status": "resolved", "endsAt": "2026-11-28T10:20:00Z"}
+    lines = [json.dumps(firing).encode(), json.dumps(resolved).encode()]
+    cols = Columns("alerts", np.array([21, 21], dtype=np.int64),
+                   np.array([NOW, NOW + 1], dtype=np.int64), lines=lines)
+    defs = [(21, {"__name__": "ALERTS", "alertname": "DeviceOffline", "device": "pump-1",
+                  "severity": "page"})]
+    return encode_batch(Batch(node, seq, "alerts", encode_segment(cols), 2, epoch="e1",
+                              series_defs=defs))
+
+
+async def test_alert_events_land_in_postgresql_and_clickhouse(backends: Backends,
+                                                              tmp_path: Path) -> None:
+    async with central_on(backends, tmp_path) as run:
+        r = await run.post(alerts_batch(run.node, 1))
+        assert (r.status_code, r.json()["status"]) == (200, "applied"), r.text
+        db = run.env["DATABASE_URL"]
+        rows = psql(db, "SELECT alertname, status, device, site, severity, "
+                        "(extract(epoch from starts_at) * 1000)::bigint, labels->>'device', "
+                        "node_id, org FROM alert_events ORDER BY status")
+        assert rows == [
+            ["DeviceOffline", "firing", "pump-1", "plant-7", "page", "1795860000250",
+             "pump-1", run.node, run.org],
+            ["DeviceOffline", "resolved", "pump-1", "plant-7", "page", "1795860000250",
+             "pump-1", run.node, run.org]]
+        ch = ch_query(run.env["CLICKHOUSE_URL"],
+                      f"SELECT alertname, status, site, toUnixTimestamp(starts_at) AS s, "
+                      f"toUnixTimestamp(ends_at) AS e FROM "
+                      f"{run.env['CLICKHOUSE_DATABASE']}.alert_history_v ORDER BY status")
+        assert [(x["alertname"], x["status"], x["site"], int(x["s"]), int(x["e"]))
+                for x in ch] == [("DeviceOffline", "firing", "plant-7", 1795860000, 0),
+                                 ("DeviceOffline", "resolved", "plant-7", 1795860000,
+                                  1795861200)]
+        # the same events again in a new batch (a re-sent notification): nothing changes
+        r = await run.post(alerts_batch(run.node, 2))
+        assert r.json()["status"] == "applied"
+        assert psql(db, "SELECT count(*) FROM alert_events") == [["2"]]
+        again = ch_query(run.env["CLICKHOUSE_URL"], f"SELECT count() AS n FROM "
+                         f"{run.env['CLICKHOUSE_DATABASE']}.alert_history_v")
+        assert again == [{"n": "2"}]

@@ -59,7 +59,8 @@ def store(tmp_path: Path) -> Store:
 def test_append_roll_forward_ack(store: Store) -> None:
     it = Interner(store)
     it.append(_batch(100, logs=3, hb=True), _batch(50, device="e"))
-    assert store.stats().pending == {"heartbeats": 1, "rollups": 0, "metrics": 150, "logs": 3}
+    assert store.stats().pending == {"alerts": 0, "heartbeats": 1, "rollups": 0, "metrics": 150,
+                                     "logs": 3}
     seqs = store.roll()
     assert len(seqs) == 3
     assert store.stats().journal_rows == 0
@@ -140,7 +141,8 @@ def test_budget_then_drops_metrics(store: Store) -> None:
         store.roll()
     dropped = store.enforce_budget(1)
     assert dropped["metrics"] == 50_000
-    assert store.stats().pending == {"heartbeats": 10, "rollups": 0, "metrics": 0, "logs": 0}
+    assert store.stats().pending == {"alerts": 0, "heartbeats": 10, "rollups": 0, "metrics": 0,
+                                     "logs": 0}
 
 
 def test_merge_backlog(store: Store) -> None:
