@@ -101,14 +101,18 @@ class AlertDB:
         return state, snap[0] if snap else None, devices
 
     def commit(self, now_ms: int, state: dict[str, Any],
-               notifications: Iterable[tuple[str, str, str, str, str]]) -> int:
-        """Save the alert state and queue notifications (hook, dedup, group, status, payload)
-        in one transaction; returns how many were new."""
+               notifications: Iterable[tuple[str, str, str, str, str]],
+               devices: dict[str, tuple[str, int]] | None = None) -> int:
+        """Save the alert state, the devices seen since the last commit, and queue
+        notifications (hook, dedup, group, status, payload), in one transaction; returns how
+        many notifications were new."""
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             c.execute("INSERT OR REPLACE INTO state(id, saved_ms, doc) VALUES (1, ?, ?)",
                       (now_ms, json.dumps(state)))
+            if devices:
+                _upsert_devices(c, devices)
             before = c.total_changes
             c.executemany(
                 "INSERT OR IGNORE INTO outbox(hook, dedup, group_key, status, payload, "
@@ -128,10 +132,7 @@ class AlertDB:
         try:
             c.execute("INSERT OR REPLACE INTO recent(id, saved_ms, blob) VALUES (1, ?, ?)",
                       (now_ms, blob))
-            c.executemany("INSERT INTO devices(device, site, last_seen_ms) VALUES (?, ?, ?) "
-                          "ON CONFLICT(device) DO UPDATE SET site=excluded.site, "
-                          "last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
-                          [(d, s, t) for d, (s, t) in devices.items()])
+            _upsert_devices(c, devices)
             c.execute("DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ?",
                       (now_ms - DELIVERED_RETENTION_MS,))
             c.execute("COMMIT")
@@ -170,6 +171,13 @@ class AlertDB:
                 "last_error", "last_result")
         return [dict(zip(cols, r, strict=True)) for r in self.conn.execute(
             f"SELECT {', '.join(cols)} FROM outbox ORDER BY id DESC LIMIT ?", (limit,))]
+
+
+def _upsert_devices(c: sqlite3.Connection, devices: dict[str, tuple[str, int]]) -> None:
+    c.executemany("INSERT INTO devices(device, site, last_seen_ms) VALUES (?, ?, ?) "
+                  "ON CONFLICT(device) DO UPDATE SET site=excluded.site, "
+                  "last_seen_ms=max(last_seen_ms, excluded.last_seen_ms)",
+                  [(d, s, t) for d, (s, t) in devices.items()])
 
 
 def builtin_group(cfg: Any) -> RuleGroup:
@@ -287,6 +295,7 @@ class AlertService:
         self.db = AlertDB(Path(data_dir) / "alerts.sqlite3")
         self.limiter = trio.CapacityLimiter(1)
         self._wakes: dict[str, trio.Event] = {}
+        self._dirty: set[str] = set()  # devices seen since the last commit
         state, snap, devices = self.db.load()
         self.engine.load_state(state.get("engine", {}))
         self.notified = {k: list(v) for k, v in state.get("notified", {}).items()}
@@ -346,6 +355,7 @@ class AlertService:
                     seen = devices.get(dev)
                     if seen is None or seen[1] != now or (site and seen[0] != site):
                         devices[dev] = (site or (seen[0] if seen else ""), now)
+                        self._dirty.add(dev)
         if batch.log_lines and self.engine.log_filters:
             self.engine.feed_logs(batch.log_keys, batch.log_ts, batch.log_lines)
 
@@ -375,7 +385,11 @@ class AlertService:
         self.m_evals.inc(1, group.name)
         self.m_eval_s.observe(time.perf_counter() - t0, group.name)
         state = {"engine": self.engine.to_state(), "notified": self.notified}
-        queued = await self._db(self.db.commit, now, state, notes)
+        # known devices are saved with the state: after a crash, a device that went silent
+        # before it is still known (and still offline)
+        seen = {d: self.devices[d] for d in self._dirty}
+        self._dirty = set()
+        queued = await self._db(self.db.commit, now, state, notes, seen)
         if queued:
             for ev in self._wakes.values():
                 ev.set()
