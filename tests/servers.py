@@ -172,6 +172,20 @@ def start_victoria_metrics() -> Server:
     return Server("victoria-metrics", url, port, work, argv, _http_ok(url + "/health")).start()
 
 
+def start_alertmanager(config_yaml: str) -> Server:
+    """Prometheus Alertmanager (Debian's prometheus-alertmanager), clustering off."""
+    binary = _need("prometheus-alertmanager")
+    port = free_port()
+    work = _workdir("alertmanager")
+    (work / "alertmanager.yml").write_text(config_yaml)
+    url = f"http://127.0.0.1:{port}"
+    return Server("alertmanager", url, port, work,
+                  [binary, f"--config.file={work / 'alertmanager.yml'}",
+                   f"--storage.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                   "--cluster.listen-address=", "--log.level=warn"],
+                  _http_ok(url + "/-/ready")).start()
+
+
 def start_redis() -> Server:
     binary = _need("redis-server")
     work = _workdir("redis")
