@@ -30,7 +30,7 @@ class Capture:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.bodies.setdefault(self.path, []).append(json.loads(body))
                 self.send_response(200)
