@@ -572,7 +572,8 @@ class Queryable(Protocol):
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int
                ) -> Iterable[tuple[Labels, Sequence[int], Sequence[float]]]:
         """Series matching ``matchers`` with their samples in [start_ms, end_ms], in time
-        order (series without samples there may be left out)."""
+        order, the series in label order (as Prometheus iterates them: sums add up in the
+        same order); series without samples there may be left out."""
         ...
 
 
@@ -622,9 +623,7 @@ class Evaluator:
     def _instant_vector(self, sel: VectorSelector, t: int) -> list[Sample]:
         at = t - sel.offset_ms
         out = []
-        found = sorted(self.store.select(sel.matchers, at - self.lookback_ms + 1, at),
-                       key=lambda r: r[0])  # series in label order, as Prometheus has them
-        for labels, ts, vals in found:
+        for labels, ts, vals in self.store.select(sel.matchers, at - self.lookback_ms + 1, at):
             if not ts:
                 continue
             v = vals[-1]
@@ -638,12 +637,12 @@ class Evaluator:
         at = t - m.vector.offset_ms
         out: list[tuple[Labels, Sequence[int], Sequence[float]]] = []
         # [t - range, t], both ends included, as in Prometheus 2.x; series in label order
-        found = sorted(self.store.select(m.vector.matchers, at - m.range_ms, at),
-                       key=lambda r: r[0])
-        for labels, ts, vals in found:
-            keep = [(a, b) for a, b in zip(ts, vals, strict=True) if not _is_stale(b)]
-            if keep:
-                out.append((labels, [a for a, _ in keep], [b for _, b in keep]))
+        for labels, ts, vals in self.store.select(m.vector.matchers, at - m.range_ms, at):
+            if any(map(math.isnan, vals)):  # rare: drop staleness markers
+                keep = [(a, b) for a, b in zip(ts, vals, strict=True) if not _is_stale(b)]
+                ts, vals = [a for a, _ in keep], [b for _, b in keep]
+            if ts:
+                out.append((labels, ts, vals))
         return out
 
     def _call(self, node: Call, t: int) -> Any:
@@ -711,6 +710,8 @@ def _is_stale(v: float) -> bool:
 
 
 def _drop_name(labels: Labels) -> Labels:
+    if labels and labels[0][0] == NAME_LABEL:  # the usual case: sorted, lower-case names
+        return labels[1:]
     return tuple(kv for kv in labels if kv[0] != NAME_LABEL)
 
 

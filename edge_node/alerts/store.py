@@ -48,7 +48,9 @@ class RecentStore:
                 return
             labels = tuple(key)
             s = self.series[key] = _Series(labels, dict(labels))
-            self.by_name.setdefault(s.labels_map.get(NAME_LABEL, ""), []).append(s)
+            # kept in label order, so selections come out in the order Prometheus has them
+            bisect.insort(self.by_name.setdefault(s.labels_map.get(NAME_LABEL, ""), []), s,
+                          key=lambda x: x.labels)
         if s.ts and ts < s.ts[-1]:  # out of order: insert in place (rare)
             i = bisect.bisect_right(s.ts, ts)
             s.ts.insert(i, ts)
@@ -87,8 +89,9 @@ class RecentStore:
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int
                ) -> Iterable[tuple[Labels, Sequence[int], Sequence[float]]]:
         name = next((m.value for m in matchers if m.label == NAME_LABEL and m.op == "="), None)
-        candidates: Iterable[_Series] = (self.by_name.get(name, []) if name is not None
-                                         else self.series.values())
+        candidates: Iterable[_Series] = (
+            self.by_name.get(name, []) if name is not None
+            else sorted(self.series.values(), key=lambda x: x.labels))
         others = [m for m in matchers if not (m.label == NAME_LABEL and m.op == "=")]
         for s in candidates:
             lm = s.labels_map

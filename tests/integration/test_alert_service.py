@@ -186,8 +186,12 @@ async def test_a_running_node_alerts_and_lists_them(tmp_path: Path, central: Cen
                        timeout=15)
         assert [n["status"] for n in notifications_in(tmp_path / "a.jsonl")] == \
             ["firing", "resolved"]
-        assert 'fleet_edge_acked_total{kind="alerts"} 2' in \
-            (await c.get(node.url + "/metrics")).text
+
+        async def acked() -> bool:  # the ack returns a moment after central committed
+            text = (await c.get(node.url + "/metrics")).text
+            return 'fleet_edge_acked_total{kind="alerts"} 2' in text
+
+        await wait_for(acked, timeout=15)
 
 
 def notifications_in(path: Path) -> list[dict]:
