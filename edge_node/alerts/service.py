@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -296,12 +297,18 @@ class AlertService:
         self.limiter = trio.CapacityLimiter(1)
         self._wakes: dict[str, trio.Event] = {}
         self._dirty: set[str] = set()  # devices seen since the last commit
+        self._inbox: list[IngestBatch] = []  # committed batches not yet in the store
+        self._inbox_lock = threading.Lock()
+        self._lock = threading.Lock()  # the store and the engine (evaluation thread)
+        self._active: list[Alert] = []  # the last evaluation's pending and firing alerts
+        self.eval_limiter = trio.CapacityLimiter(1)
         state, snap, devices = self.db.load()
         self.engine.load_state(state.get("engine", {}))
         self.notified = {k: list(v) for k, v in state.get("notified", {}).items()}
         self.devices = devices
         if snap:
             self._load_snapshot(snap)
+        self._active = list(self.engine.active())
         self.evaluations = 0
         r = registry
         self.m_evals = r.counter("alert_evaluations_total", "Rule group evaluations.", ("group",))
@@ -311,7 +318,7 @@ class AlertService:
                                          "Notifications delivered or failed, by hook.",
                                          ("hook", "outcome"))
         r.gauge("alerts_active", "Pending and firing alerts.", ("state",),
-                callback=lambda: {(s,): float(sum(a.state == s for a in self.engine.active()))
+                callback=lambda: {(s,): float(sum(a.state == s for a in self._active))
                                   for s in ("pending", "firing")})
         r.gauge("alert_recent_series", "Series kept in memory for the rules.",
                 callback=lambda: float(len(self.store)))
@@ -328,15 +335,12 @@ class AlertService:
     # -- feeding ------------------------------------------------------------------------------
 
     def observe(self, batch: IngestBatch) -> None:
-        """Take the committed samples and log lines the rules may read (cheap: a set lookup
-        per sample when the rules name their metrics)."""
-        wanted = self.wanted
-        add = self.store.add
+        """Note a committed batch: the rules' data takes its samples and log lines at the
+        next evaluation (on the evaluation thread); the devices it names are seen now."""
+        if batch.metric_values or (batch.log_lines and self.engine.log_filters):
+            with self._inbox_lock:
+                self._inbox.append(batch)
         devices = self.devices
-        for key, t, v in zip(batch.metric_keys, batch.metric_ts, batch.metric_values,
-                             strict=True):
-            if wanted is None or _name(key) in wanted:
-                add(key, t, v)
         # a device is seen when its data arrives (its own clock may be off)
         now = self.now_ms()
         for keys in (batch.metric_keys, batch.hb_keys, batch.log_keys):
@@ -356,8 +360,20 @@ class AlertService:
                     if seen is None or seen[1] != now or (site and seen[0] != site):
                         devices[dev] = (site or (seen[0] if seen else ""), now)
                         self._dirty.add(dev)
-        if batch.log_lines and self.engine.log_filters:
-            self.engine.feed_logs(batch.log_keys, batch.log_ts, batch.log_lines)
+
+    def _drain(self) -> None:
+        """Move what :meth:`observe` queued into the recent store (evaluation thread)."""
+        with self._inbox_lock:
+            inbox, self._inbox = self._inbox, []
+        wanted = self.wanted
+        add = self.store.add
+        for batch in inbox:
+            for key, t, v in zip(batch.metric_keys, batch.metric_ts, batch.metric_values,
+                                 strict=True):
+                if wanted is None or _name(key) in wanted:
+                    add(key, t, v)
+            if batch.log_lines and self.engine.log_filters:
+                self.engine.feed_logs(batch.log_keys, batch.log_ts, batch.log_lines)
 
     def _self_series(self, now: int) -> None:
         """The node's own metrics and its devices' last-seen times, as samples at ``now``."""
@@ -371,20 +387,36 @@ class AlertService:
                 add(key, now, float(v))
         name = "fleet_edge_device_last_seen_timestamp_seconds"
         if self.wanted is None or name in self.wanted:
-            for dev, (site, t) in self.devices.items():
+            for dev, (site, t) in list(self.devices.items()):  # observe() may add meanwhile
                 add(((NAME_LABEL, name), (DEVICE_LABEL, dev), ("site", site)), now, t / 1000)
 
     # -- evaluation ---------------------------------------------------------------------------
 
+    def _evaluate_sync(self, group: RuleGroup, now: int
+                       ) -> tuple[list[Event], list[tuple[str, str, str, str, str]],
+                                  dict[str, Any]]:
+        """The CPU part of an evaluation, off the Trio thread: the store and the engine are
+        touched only here (and by the snapshot), under ``_lock``."""
+        with self._lock:
+            self._drain()
+            self._self_series(now)
+            events = self.engine.evaluate(group, now)
+            notes = self._notifications(events, now)
+            state = {"engine": self.engine.to_state(), "notified": dict(self.notified)}
+            self._active = list(self.engine.active())
+        return events, notes, state
+
     async def evaluate(self, group: RuleGroup) -> list[Event]:
         now = self.now_ms()
         t0 = time.perf_counter()
-        self._self_series(now)
-        events = self.engine.evaluate(group, now)
-        notes = self._notifications(events, now)
+        if self.inline:
+            await trio.lowlevel.checkpoint()
+            events, notes, state = self._evaluate_sync(group, now)
+        else:
+            events, notes, state = await trio.to_thread.run_sync(
+                self._evaluate_sync, group, now, limiter=self.eval_limiter)
         self.m_evals.inc(1, group.name)
         self.m_eval_s.observe(time.perf_counter() - t0, group.name)
-        state = {"engine": self.engine.to_state(), "notified": self.notified}
         # known devices are saved with the state: after a crash, a device that went silent
         # before it is still known (and still offline)
         seen = {d: self.devices[d] for d in self._dirty}
@@ -531,10 +563,19 @@ class AlertService:
             for t, v in zip(ts, vals, strict=True):
                 self.store.add(key, t, v)
 
+    def _snapshot_sync(self, now: int) -> bytes:
+        with self._lock:
+            self._drain()
+            self.store.trim(now)
+            return self._snapshot()
+
     async def save_snapshot(self) -> None:
         now = self.now_ms()
-        self.store.trim(now)
-        blob = self._snapshot()
+        if self.inline:
+            blob = self._snapshot_sync(now)
+        else:
+            blob = await trio.to_thread.run_sync(self._snapshot_sync, now,
+                                                 limiter=self.eval_limiter)
         await self._db(self.db.save_recent, now, blob, dict(self.devices))
 
     async def _snapshot_loop(self) -> None:
@@ -565,7 +606,7 @@ class AlertService:
         """Pending and firing alerts, as Prometheus' /api/v1/alerts lists them."""
         return [{"labels": a.labels, "annotations": a.annotations, "state": a.state,
                  "activeAt": a.active_at_ms / 1000, "value": repr(a.value)}
-                for a in sorted(self.engine.active(), key=lambda a: (a.rule, a.fingerprint))]
+                for a in sorted(self._active, key=lambda a: (a.rule, a.fingerprint))]
 
 
 def alert_batch(payload: dict[str, Any], now_ms: int) -> IngestBatch:

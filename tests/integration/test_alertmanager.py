@@ -49,6 +49,7 @@ def capture() -> Iterator[Capture]:
     c = Capture()
     yield c
     c.server.shutdown()
+    c.server.server_close()
 
 
 @pytest.fixture
