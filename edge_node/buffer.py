@@ -399,6 +399,18 @@ class Store:
         self.compact_before_ms = res.compact_before_ms
         return made
 
+    def recent_metrics(self, since_ms: int) -> Iterable[Columns]:
+        """Metric rows still in the buffer (segments and journal) that may be newer than
+        ``since_ms`` (local alerting seeds its recent data from them on start)."""
+        for (blob,) in self.conn.execute(
+                "SELECT blob FROM segments WHERE kind='metrics' AND max_ts>? ORDER BY seq",
+                (since_ms,)).fetchall():
+            yield decode_segment(blob)
+        blobs = [b for (b,) in self.conn.execute(
+            "SELECT blob FROM journal WHERE kind='metrics' ORDER BY id").fetchall()]
+        if blobs:
+            yield _unpack_journal("metrics", blobs)
+
     def agg_saved(self) -> tuple[dict[str, tuple[bytes, int]], list[tuple[int, int, bytes]]]:
         """Each rule's last checkpoint (state, replay-log id it includes) by fingerprint, and
         the replay log: [(id, now_ms, blob)]."""

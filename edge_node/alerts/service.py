@@ -34,6 +34,7 @@ import zstandard
 from ..backoff import Backoff
 from ..metrics import Registry
 from ..model import DEVICE_LABEL, NAME_LABEL, IngestBatch
+from ..wire import Columns
 from .notify import (
     Hook,
     HooksConfig,
@@ -89,6 +90,7 @@ class AlertDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.executescript(_SCHEMA)
+        self.snapshot_ms = 0  # when the recent samples were last snapshotted (set by load)
 
     def close(self) -> None:
         self.conn.close()
@@ -96,9 +98,10 @@ class AlertDB:
     def load(self) -> tuple[dict[str, Any], bytes | None, dict[str, tuple[str, int]]]:
         row = self.conn.execute("SELECT doc FROM state WHERE id=1").fetchone()
         state = json.loads(row[0]) if row else {}
-        snap = self.conn.execute("SELECT blob FROM recent WHERE id=1").fetchone()
+        snap = self.conn.execute("SELECT blob, saved_ms FROM recent WHERE id=1").fetchone()
         devices = {d: (s, int(t)) for d, s, t in
                    self.conn.execute("SELECT device, site, last_seen_ms FROM devices")}
+        self.snapshot_ms = int(snap[1]) if snap else 0
         return state, snap[0] if snap else None, devices
 
     def commit(self, now_ms: int, state: dict[str, Any],
@@ -261,13 +264,16 @@ class AlertService:
                  data_dir: str | os.PathLike[str], registry: Registry, *,
                  max_series: int = 200_000, clock: Callable[[], float] = time.time,
                  client: httpx.AsyncClient | None = None, inline: bool = False,
-                 forward: Callable[[IngestBatch], Awaitable[None]] | None = None) -> None:
+                 forward: Callable[[IngestBatch], Awaitable[None]] | None = None,
+                 labels_of: Callable[[int], tuple[tuple[str, str], ...] | None] | None = None
+                 ) -> None:
         """Args:
             clock: wall-clock seconds (tests pass one that follows Trio's virtual clock).
             inline: run database calls on the Trio thread (tests on ``autojump_clock``, which
                 would jump while a worker thread works).
         """
         self.inline = inline
+        self.labels_of = labels_of
         self.groups = groups
         self.forward = forward
         # forwarding to central is one more hook, through the same durable outbox: an event
@@ -405,6 +411,26 @@ class AlertService:
             state = {"engine": self.engine.to_state(), "notified": dict(self.notified)}
             self._active = list(self.engine.active())
         return events, notes, state
+
+    def seed_from_buffer(self, rows: Iterable[Columns]) -> int:
+        """Add the buffer's metric rows newer than the last snapshot (what a crash kept out
+        of it; with the WAN down, everything since): call once, before :meth:`run`."""
+        since = self.db.snapshot_ms or self.now_ms() - self.store.retention_ms
+        labels_of = self.labels_of
+        wanted = self.wanted
+        n = 0
+        for cols in rows:
+            assert cols.values is not None
+            keep = cols.ts > since
+            for sid, t, v in zip(cols.series[keep].tolist(), cols.ts[keep].tolist(),
+                                 cols.values[keep].tolist(), strict=True):
+                key = labels_of(sid) if labels_of else None
+                if key is not None and (wanted is None or _name(key) in wanted):
+                    self.store.add(key, t, v)
+                    n += 1
+        if n:
+            log.info("alert rules: %d recent samples seeded from the buffer", n)
+        return n
 
     async def evaluate(self, group: RuleGroup) -> list[Event]:
         now = self.now_ms()

@@ -210,3 +210,31 @@ def test_outbox_keeps_order_behind_a_retry(tmp_path: Path) -> None:
     assert db.next_due_ms("h") == 5000
     assert [r[0] for r in db.due("h", 5000)] == [first[0], second[0]]
     db.close()
+
+
+async def test_recent_data_is_seeded_from_the_buffer(tmp_path: Path) -> None:
+    """After a crash (no snapshot yet), the metric rows still in the buffer -- segments and the
+    journal -- seed the rules' recent data, so a rule over a range fires at once."""
+    import time as _time
+
+    from edge_node.buffer import Store, pack_journal_rows
+
+    store = Store(tmp_path / "buffer.sqlite3")
+    now = int(_time.time() * 1000)
+    key = (("__name__", "temp"), ("device", "d1"))
+    b1 = IngestBatch(metric_keys=[key] * 3, metric_ts=[now - 3000, now - 2000, now - 1000],
+                     metric_values=[40.0, 41.0, 42.0])
+    store.append_rows([(1, key)], pack_journal_rows([(b1, ([1, 1, 1], [], []))]))
+    store.roll()  # those become a segment
+    b2 = IngestBatch(metric_keys=[key], metric_ts=[now], metric_values=[43.0])
+    store.append_rows([], pack_journal_rows([(b2, ([1], [], []))]))  # stays in the journal
+    groups = parse_rule_groups({"groups": [{"name": "g", "interval": "10s", "rules": [
+        {"alert": "HotForAWhile", "expr": "min_over_time(temp[1m]) > 30",
+         "annotations": {"summary": "{{ $value }}"}}]}]})
+    svc = AlertService(groups, HooksConfig(), "gw", tmp_path, Registry("fleet_edge"),
+                       labels_of=store.labels_of, inline=True)
+    assert svc.seed_from_buffer(store.recent_metrics(0)) == 4
+    (event,) = await svc.evaluate(groups[0])
+    assert event.kind == "firing" and event.alert.value == 40.0
+    await svc.close()
+    store.close()
