@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the node's config (to find its listen address)")
     al.add_argument("--url", help="the node's base URL instead of --config")
     al.add_argument("--json", action="store_true")
+    al.add_argument("--notifications", action="store_true",
+                    help="list recent notifications instead: hook, status, attempts, delivery, "
+                         "the hook's result (exit status, HTTP status) or last error")
     dl = sub.add_parser("dead-letters", help="list the batches central refused as malformed; "
                                              "--requeue sends them again")
     dl.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
@@ -190,7 +193,29 @@ def _aggregates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notifications(args: argparse.Namespace) -> int:
+    rows, code = _node_json(args, "/api/v1/alerts/notifications",
+                            lambda d: d["notifications"])
+    if code is not None:
+        return code
+    if not rows:
+        print("no notifications yet")
+        return 0
+    print(f"{'QUEUED (UTC)':<20} {'HOOK':<12} {'STATUS':<9} {'TRIES':>5} {'DELIVERED (UTC)':<20}"
+          f" RESULT")
+    for r in rows:
+        delivered = _utc(r["delivered_ms"]) if r["delivered_ms"] else "pending"
+        result = r["last_result"] if r["delivered_ms"] else (r["last_error"] or "")
+        group = ", ".join(f"{k}={v}" for k, v in sorted(r["group"].items()))
+        print(f"{_utc(r['created_ms']):<20} {r['hook'][:12]:<12} {r['status']:<9} "
+              f"{r['attempts']:>5} {delivered:<20} {str(result)[:60]}")
+        print(f"{'':<20} {group}")
+    return 0
+
+
 def _alerts(args: argparse.Namespace) -> int:
+    if args.notifications:
+        return _notifications(args)
     alerts, code = _node_json(args, "/api/v1/alerts", lambda d: d["data"]["alerts"])
     if code is not None:
         return code

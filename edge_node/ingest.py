@@ -281,6 +281,12 @@ def create_app(cfg: EdgeConfig, buffer: BufferService, registry: Registry,
                 "data": {"alerts": alerts.summary() if alerts is not None else []}}
         return Response(json.dumps(body), mimetype="application/json")
 
+    @app.get("/api/v1/alerts/notifications")
+    async def alert_notifications() -> Response:
+        # the outbox, newest first: hook, status, attempts, delivery, exit status / HTTP status
+        rows = [] if alerts is None else await alerts.recent_notifications()
+        return Response(json.dumps({"notifications": rows}), mimetype="application/json")
+
     @app.get("/api/v1/aggregates")
     async def aggregates() -> Response:
         stage = buffer.stage

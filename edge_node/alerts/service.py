@@ -628,6 +628,12 @@ class AlertService:
             finally:
                 await self._db(self.db.close)
 
+    async def recent_notifications(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._db(self.db.outbox, limit)
+        for r in rows:
+            r["group"] = json.loads(r.pop("group_key"))
+        return rows
+
     def summary(self) -> list[dict[str, Any]]:
         """Pending and firing alerts, as Prometheus' /api/v1/alerts lists them."""
         return [{"labels": a.labels, "annotations": a.annotations, "state": a.state,

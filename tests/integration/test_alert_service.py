@@ -166,6 +166,12 @@ async def test_a_running_node_alerts_and_lists_them(tmp_path: Path, central: Cen
             capture_output=True, text=True, timeout=30))
         assert out.returncode == 0, out.stderr
         assert "firing" in out.stdout and "Hot" in out.stdout and "boiler-1 at 31.5C" in out.stdout
+        notes = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "edge_node.cli", "alerts", "--url", node.url,
+             "--notifications"], capture_output=True, text=True, timeout=30))
+        assert notes.returncode == 0, notes.stderr
+        assert "journal" in notes.stdout and "written" in notes.stdout
+        assert "alertname=Hot" in notes.stdout
         text = (await c.get(node.url + "/metrics")).text
         assert 'fleet_edge_alerts_active{state="firing"} 1' in text
         assert 'fleet_edge_alert_notifications_total{hook="journal",outcome="delivered"} 1' in text
