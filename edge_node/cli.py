@@ -38,8 +38,8 @@ def startup_error(exc: BaseException, kinds: tuple[type[BaseException], ...]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleet-edge",
-        description="fleetd edge node: receives device data, buffers it durably in SQLite and "
-                    "forwards it to central.")
+        description="fleetd edge node: receives device data, buffers it durably in SQLite, "
+                    "aggregates and alerts locally, and forwards it to central.")
     p.add_argument("--version", action="version", version=f"fleet-edge {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the edge node")
