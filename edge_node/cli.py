@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--notifications", action="store_true",
                     help="list recent notifications instead: hook, status, attempts, delivery, "
                          "the hook's result (exit status, HTTP status) or last error")
+    bf = sub.add_parser("buffer", help="check the buffer file, or salvage what is readable "
+                                       "from a damaged one into a fresh buffer")
+    bf.add_argument("action", choices=["check", "salvage"])
+    bf.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    required="FLEET_EDGE_CONFIG" not in os.environ,
+                    help="the node's config (to find its buffer)")
+    bf.add_argument("--output", help="salvage: the new buffer file (default: next to the "
+                                     "damaged one, .salvaged)")
     dl = sub.add_parser("dead-letters", help="list the batches central refused as malformed; "
                                              "--requeue sends them again")
     dl.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
@@ -234,6 +243,44 @@ def _alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _buffer(args: argparse.Namespace) -> int:
+    from .salvage import check, salvage
+
+    cfg = _load(args.config)
+    path = cfg.db_path
+    if not path.exists():
+        print(f"fleet-edge buffer: no buffer at {path}", file=sys.stderr)
+        return 1
+
+    def progress(msg: str) -> None:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+    if args.action == "check":
+        print(f"checking {path} (integrity, every segment, journal row and series block)")
+        report = check(path, progress)
+    else:
+        out = Path(args.output) if args.output else path.with_name(path.name + ".salvaged")
+        print(f"salvaging {path} into {out} (stop the node first)")
+        try:
+            report = salvage(path, out, progress)
+        except FileExistsError as exc:
+            print(f"fleet-edge buffer: {exc}", file=sys.stderr)
+            return 1
+    for table in sorted(set(report.ok) | set(report.lost)):
+        print(f"  {table:<15} {report.ok.get(table, 0):>9,} read"
+              + (f", {report.lost[table]:,} unreadable" if report.lost.get(table) else ""))
+    for kind in sorted(set(report.rows_ok) | set(report.rows_lost)):
+        print(f"  {kind:<15} {report.rows_ok.get(kind, 0):>9,} rows kept"
+              + (f", {report.rows_lost[kind]:,} lost" if report.rows_lost.get(kind) else ""))
+    for p in report.problems[:50]:
+        print(f"  problem: {p}")
+    if args.action == "salvage":
+        print(f"salvaged into {out}; to use it: mv {out} {path} (keep the damaged file aside)")
+        return 0
+    print("buffer OK" if not report.problems else f"{len(report.problems)} problem(s)")
+    return 0 if not report.problems else 1
+
+
 def _check_rules(files: list[str]) -> int:
     from .alerts.rules import AlertingRule, RuleFileError, load_rule_file
 
@@ -370,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         return _alerts(args)
     if args.cmd == "check-rules":
         return _check_rules(args.files)
+    if args.cmd == "buffer":
+        return _buffer(args)
     if args.cmd == "dead-letters":
         return _dead_letters(args)
     if args.cmd == "devices":
