@@ -67,6 +67,19 @@ def sd_notify(message: str) -> None:
             log.debug("sd_notify failed: %s", exc)
 
 
+async def watchdog() -> None:
+    """Ping systemd's watchdog (``WatchdogSec=``) from the Trio loop at half its period: if
+    the loop stalls, the pings stop and systemd restarts the node. A no-op without it."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return
+    period = max(int(usec) / 1e6 / 2, 0.05)
+    while True:
+        sd_notify("WATCHDOG=1")
+        await trio.sleep(period)
+
+
 async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None,
                         task_status: trio.TaskStatus[EdgeNode] = trio.TASK_STATUS_IGNORED
                         ) -> None:
@@ -144,6 +157,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
                      cfg.central.url)
             sd_notify("READY=1")
+            nursery.start_soon(watchdog)
             task_status.started(node)
             await node.stop_event.wait()
             log.info("stopping: no new requests; finishing those in progress")
