@@ -729,7 +729,6 @@ class RuleState:
         prev_v[head] = self.s_last_v[si[head]]
         prev_ts[head] = stored_ts[head]
         has_prev = valid & (prev_ts >= 0) & (st - prev_ts <= rule.staleness_ms)
-        new = valid & ~has_prev
         with np.errstate(invalid="ignore"):
             step = np.where(sv >= prev_v, sv - prev_v, sv)
         inc_prom = np.where(has_prev, step, 0.0)
@@ -745,7 +744,6 @@ class RuleState:
             self.s_last_ts[si[lr]] = st[lr]
         inv = np.empty(n, np.int64)
         inv[order] = np.arange(n)
-        del new
         return inc[inv], inc_prom[inv], rate_prev[inv], valid[inv]
 
     @staticmethod

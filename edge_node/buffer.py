@@ -348,11 +348,11 @@ class Store:
         crash at any point neither loses nor double-counts a sample. Should a transaction
         fail, the stage reloads its state from the database before the error propagates.
         """
+        at = now_ms() if now is None else now  # one clock reading for the whole roll
         try:
-            made = self._roll(max_rows, max_bytes, stage, now_ms() if now is None else now)
+            made = self._roll(max_rows, max_bytes, stage, at)
             if stage is not None:
-                made += self._finish_stage(stage, now_ms() if now is None else now,
-                                           force_checkpoint, max_rows)
+                made += self._finish_stage(stage, at, force_checkpoint, max_rows)
         except BaseException:
             if stage is not None:
                 if self.conn.in_transaction:

@@ -106,8 +106,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
         alerts = AlertService(alert_groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir,
                               registry, max_series=cfg.alerts.max_series, client=client,
                               forward=buffer.write, labels_of=store.labels_of)
-        since = alerts.db.snapshot_ms or alerts.now_ms() - alerts.store.retention_ms
-        alerts.seed_from_buffer(store.recent_metrics(since))
+        alerts.seed_from_buffer(store.recent_metrics)
         buffer.observers.append(alerts.observe)
     try:
         forwarder = Forwarder(cfg, buffer, client, registry)

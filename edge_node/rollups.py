@@ -26,7 +26,7 @@ import numpy as np
 import zstandard
 
 from .aggregate import Aggregator, Rule
-from .buffer import StageOutput
+from .buffer import StageOutput, now_ms
 from .model import SeriesKey
 from .wire import Columns, decode_segment, encode_segment
 
@@ -150,11 +150,7 @@ class RollupStage:
             return self.agg.summary()
 
     def _now(self) -> int:
-        if self._clock is not None:
-            return self._clock()
-        from .buffer import now_ms
-
-        return now_ms()
+        return self._clock() if self._clock is not None else now_ms()
 
 
 def _take(cols: Columns, mask: np.ndarray) -> Columns:

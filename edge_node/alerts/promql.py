@@ -540,14 +540,15 @@ def log_filters(node: Node) -> list[LogFilter]:
     def walk(n: Node) -> None:
         if isinstance(n, MatrixSelector) and n.log is not None:
             out.append(n.log)
-        for child in _children(n):
+        for child in children(n):
             walk(child)
 
     walk(node)
     return out
 
 
-def _children(n: Node) -> tuple[Node, ...]:
+def children(n: Node) -> tuple[Node, ...]:
+    """The sub-expressions of ``n`` (none for selectors and literals)."""
     if isinstance(n, Call):
         return n.args
     if isinstance(n, Aggregate | Unary):
@@ -683,7 +684,7 @@ class Evaluator:
                 if v is None:
                     continue
             elif f == "avg_over_time":
-                v = _kahan_mean(vals)
+                v = _mean(vals, compensated=True)
             elif f == "min_over_time":
                 v = min(vals)
             elif f == "max_over_time":
@@ -731,20 +732,6 @@ def _sum(vals: Iterable[float]) -> float:
     return total
 
 
-def _mean(vals: Sequence[float]) -> float:
-    """Prometheus' incremental mean (no overflow for large values), infinities kept."""
-    mean, count = 0.0, 0.0
-    for v in vals:
-        count += 1
-        if math.isinf(mean):
-            if math.isinf(v) and (mean > 0) == (v > 0):
-                continue
-            if not math.isinf(v) and not math.isnan(v):
-                continue
-        mean += v / count - mean / count
-    return mean
-
-
 def _kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
     t = total + inc
     if abs(total) >= abs(inc):  # Neumaier's variant
@@ -762,8 +749,9 @@ def _kahan_sum(vals: Sequence[float]) -> float:
     return total if math.isinf(total) else total + c
 
 
-def _kahan_mean(vals: Sequence[float]) -> float:
-    """Compensated incremental mean, as Prometheus' avg_over_time."""
+def _mean(vals: Sequence[float], *, compensated: bool) -> float:
+    """Prometheus' incremental mean (no overflow for large values), infinities kept;
+    ``compensated`` as avg_over_time (Kahan-Neumaier), plain as the avg aggregation."""
     mean = count = c = 0.0
     for v in vals:
         count += 1
@@ -772,7 +760,10 @@ def _kahan_mean(vals: Sequence[float]) -> float:
                 continue
             if not math.isinf(v) and not math.isnan(v):
                 continue
-        mean, c = _kahan_inc(v / count - mean / count, mean, c)
+        if compensated:
+            mean, c = _kahan_inc(v / count - mean / count, mean, c)
+        else:
+            mean += v / count - mean / count
     return mean if math.isinf(mean) else mean + c
 
 
@@ -839,7 +830,7 @@ def _aggregate(node: Aggregate, vec: list[Sample]) -> list[Sample]:
         if node.op == "sum":
             v = _sum(vals)
         elif node.op == "avg":
-            v = _mean(vals)
+            v = _mean(vals, compensated=False)
         elif node.op == "min":
             v = min(vals, key=lambda x: (math.isnan(x), x))
         elif node.op == "max":
@@ -942,11 +933,3 @@ def _binary(node: Binary, lhs: Any, rhs: Any) -> Any:
             # as Prometheus: on(...) keeps those labels, ignoring(...) drops those (and the name)
             out.append(Sample(sig, _arith(op, s.value, other.value)))
     return out
-
-
-def labels_dict(labels: Labels) -> dict[str, str]:
-    return dict(labels)
-
-
-def as_labels(d: Mapping[str, str]) -> Labels:
-    return tuple(sorted(d.items()))

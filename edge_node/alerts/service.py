@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +46,10 @@ from .notify import (
 )
 from .promql import (
     LOOKBACK_MS,
-    Aggregate,
-    Binary,
-    Call,
     MatrixSelector,
     Node,
-    Unary,
     VectorSelector,
+    children,
 )
 from .rules import Alert, AlertingRule, Event, RuleEngine, RuleGroup, parse_rule_groups
 from .store import RecentStore
@@ -232,16 +228,9 @@ def _reach(node: Node) -> tuple[int, set[str] | None]:
     if isinstance(node, MatrixSelector):
         v = node.vector
         return v.offset_ms + node.range_ms, ({v.name} if v.name else None)
-    kids: tuple[Node, ...] = ()
-    if isinstance(node, Call):
-        kids = node.args
-    elif isinstance(node, Aggregate | Unary):
-        kids = (node.expr,)
-    elif isinstance(node, Binary):
-        kids = (node.lhs, node.rhs)
     reach, names = 0, set()
     any_name = False
-    for k in kids:
+    for k in children(node):
         r, n = _reach(k)
         reach = max(reach, r)
         if n is None:
@@ -249,12 +238,6 @@ def _reach(node: Node) -> tuple[int, set[str] | None]:
         else:
             names |= n
     return reach, (None if any_name else names)
-
-
-@dataclass
-class _Pending:
-    hook: Hook
-    row_id: int
 
 
 class AlertService:
@@ -412,10 +395,14 @@ class AlertService:
             self._active = list(self.engine.active())
         return events, notes, state
 
-    def seed_from_buffer(self, rows: Iterable[Columns]) -> int:
+    def seed_from_buffer(self, read: Callable[[int], Iterable[Columns]]) -> int:
         """Add the buffer's metric rows newer than the last snapshot (what a crash kept out
-        of it; with the WAN down, everything since): call once, before :meth:`run`."""
+        of it; with the WAN down, everything since): call once, before :meth:`run`.
+
+        ``read(since_ms)`` yields the buffer's metric rows that may be newer than ``since_ms``.
+        """
         since = self.db.snapshot_ms or self.now_ms() - self.store.retention_ms
+        rows = read(since)
         labels_of = self.labels_of
         wanted = self.wanted
         n = 0

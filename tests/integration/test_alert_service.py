@@ -239,7 +239,7 @@ async def test_recent_data_is_seeded_from_the_buffer(tmp_path: Path) -> None:
          "annotations": {"summary": "{{ $value }}"}}]}]})
     svc = AlertService(groups, HooksConfig(), "gw", tmp_path, Registry("fleet_edge"),
                        labels_of=store.labels_of, inline=True)
-    assert svc.seed_from_buffer(store.recent_metrics(0)) == 4
+    assert svc.seed_from_buffer(store.recent_metrics) == 4
     (event,) = await svc.evaluate(groups[0])
     assert event.kind == "firing" and event.alert.value == 40.0
     await svc.close()
