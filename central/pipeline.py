@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -32,6 +32,8 @@ from edge_node.wire import Batch, Columns
 from .errors import SinkRejected, SinkUnavailable
 from .router import LabelCache, group, make_job
 from .sinks.base import NodeInfo, Sink, StateStore
+
+READY_TIMEOUT_S = 2.0  # /readyz answers within this, whatever a backend does
 
 log = logging.getLogger("fleet_central.pipeline")
 
@@ -115,9 +117,19 @@ class Pipeline:
                          ", ".join(dropped))
 
     async def ready(self) -> dict[str, bool]:
-        out = {self.state.name: await self.state.ready()}
-        for s in self.sinks:
-            out[s.name] = await s.ready()
+        """Every backend's readiness, checked at once; a check that has not answered within
+        ``READY_TIMEOUT_S`` counts as not ready (a dead server must not hang the probe for its
+        full connect/socket timeout)."""
+        checks: list[Any] = [self.state, *self.sinks]
+        out = dict.fromkeys((c.name for c in checks), False)
+
+        async def check(c: Any) -> None:
+            with trio.move_on_after(READY_TIMEOUT_S):
+                out[c.name] = bool(await c.ready())
+
+        async with trio.open_nursery() as nursery:
+            for c in checks:
+                nursery.start_soon(check, c)
         return out
 
     async def apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
