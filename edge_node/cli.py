@@ -36,6 +36,20 @@ def startup_error(exc: BaseException, kinds: tuple[type[BaseException], ...]
     return None
 
 
+def _node_args(sp: argparse.ArgumentParser, json_help: str = "print JSON") -> None:
+    """--config / --url / --json of the commands that ask the running node's local API."""
+    sp.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    help="the node's config (to find its listen address)")
+    sp.add_argument("--url", help="the node's base URL instead of --config")
+    sp.add_argument("--json", action="store_true", help=json_help)
+
+
+def _config_arg(sp: argparse.ArgumentParser, why: str) -> None:
+    """A required --config (unless FLEET_EDGE_CONFIG is set)."""
+    sp.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
+                    required="FLEET_EDGE_CONFIG" not in os.environ, help=why)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleet-edge",
@@ -44,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"fleet-edge {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the edge node")
-    run.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                     required="FLEET_EDGE_CONFIG" not in os.environ,
-                     help="TOML config file (env FLEET_EDGE_CONFIG)")
+    _config_arg(run, "TOML config file (env FLEET_EDGE_CONFIG)")
     chk = sub.add_parser("check-config", help="validate a config file (and FLEET_EDGE_* "
                                               "overrides); names the bad key")
     chk.add_argument("file")
@@ -55,45 +67,39 @@ def build_parser() -> argparse.ArgumentParser:
     cr = sub.add_parser("check-rules", help="validate Prometheus-format alerting/recording rule "
                                             "files; names every unsupported or invalid part")
     cr.add_argument("files", nargs="+", metavar="FILE")
-    st = sub.add_parser("status", help="show a running node's health and counters")
-    st.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                    help="the node's config (to find its listen address)")
-    st.add_argument("--url", help="the node's base URL instead of --config")
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="show a running node's state: readiness, central, "
+                                       "buffer and backlog, devices, protocols, alerts")
+    _node_args(st, "the whole /api/v1/status document")
+    st.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                    help="follow the backlog drain: a progress line every SECONDS (default 2) "
+                         "until nothing is waiting (Ctrl-C stops)")
+    rl = sub.add_parser("reload", help="make the running node re-read its config and the "
+                                       "rule/hook files (SIGHUP); prints what changed")
+    _config_arg(rl, "the node's config (its data directory holds the pid file)")
+    rl.add_argument("--url", help="the node's base URL, if --config's listen address is not "
+                                  "reachable from here")
     ag = sub.add_parser("aggregates", help="show a running node's stream-aggregation rules: "
                                            "series, windows, late samples, last outputs")
-    ag.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                    help="the node's config (to find its listen address)")
-    ag.add_argument("--url", help="the node's base URL instead of --config")
-    ag.add_argument("--json", action="store_true")
+    _node_args(ag)
     al = sub.add_parser("alerts", help="list a running node's pending and firing alerts")
-    al.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                    help="the node's config (to find its listen address)")
-    al.add_argument("--url", help="the node's base URL instead of --config")
-    al.add_argument("--json", action="store_true")
+    _node_args(al)
     al.add_argument("--notifications", action="store_true",
                     help="list recent notifications instead: hook, status, attempts, delivery, "
                          "the hook's result (exit status, HTTP status) or last error")
     bf = sub.add_parser("buffer", help="check the buffer file, or salvage what is readable "
                                        "from a damaged one into a fresh buffer")
     bf.add_argument("action", choices=["check", "salvage"])
-    bf.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                    required="FLEET_EDGE_CONFIG" not in os.environ,
-                    help="the node's config (to find its buffer)")
+    _config_arg(bf, "the node's config (to find its buffer)")
     bf.add_argument("--output", help="salvage: the new buffer file (default: next to the "
                                      "damaged one, .salvaged)")
     dl = sub.add_parser("dead-letters", help="list the batches central refused as malformed; "
                                              "--requeue sends them again")
-    dl.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                    required="FLEET_EDGE_CONFIG" not in os.environ,
-                    help="the node's config (to find its buffer)")
+    _config_arg(dl, "the node's config (to find its buffer)")
     dl.add_argument("--requeue", nargs="*", type=int, metavar="SEQ",
                     help="requeue these (or, with no SEQ, all) dead letters")
     dl.add_argument("--json", action="store_true")
     dv = sub.add_parser("devices", help="list the fleetd agents registered with this node")
-    dv.add_argument("--config", "-c", default=os.environ.get("FLEET_EDGE_CONFIG"),
-                    required="FLEET_EDGE_CONFIG" not in os.environ,
-                    help="the node's config (to find its data directory)")
+    _config_arg(dv, "the node's config (to find its data directory)")
     dv.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="run central + edge + simulated devices in this process "
                                        "and check nothing acknowledged is lost")
@@ -133,13 +139,24 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-async def _run(cfg: EdgeConfig) -> None:
+async def _run(cfg: EdgeConfig, path: str) -> None:
     from .node import run_edge_node
 
     tune_gc()
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(partial(run_edge_node, cfg))
+        node = await nursery.start(partial(run_edge_node, cfg, config_path=path))
+
+        hup = trio.CancelScope()
+
+        async def reload_on_sighup() -> None:
+            with hup, trio.open_signal_receiver(signal.SIGHUP) as signals:
+                async for _ in signals:
+                    logging.getLogger("fleet_edge").info("SIGHUP received: reloading %s", path)
+                    await node.reload()
+
+        nursery.start_soon(reload_on_sighup)
         await stop_on_signal(node.stop, "fleet_edge")
+        hup.cancel()  # the node drains and stops on its own
 
 
 def _node_url(args: argparse.Namespace) -> str | None:
@@ -302,35 +319,156 @@ def _check_rules(files: list[str]) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    doc, code = _node_json(args, "/api/v1/status", lambda d: d)
+    if code is not None:
+        return code
+    if args.watch:
+        return _watch_drain(args, doc)
+    ready = "ready" if not doc["not_ready"] else "NOT READY: " + "; ".join(doc["not_ready"])
+    print(f"node {doc['node_id']} (fleet-edge {doc['version']}), up {_dur(doc['uptime_s'])}: "
+          f"{ready}")
+    c = doc["central"]
+    print(f"central   {c['url']}: " + ("connected" if c["connected"] else
+                                       f"unreachable ({c['last_error'] or 'no exchange yet'})"))
+    b, f = doc["buffer"], doc["forward"]
+    ratio = b["bytes"] / max(1, b["budget_bytes"])
+    print(f"buffer    {b['bytes'] / 1e6:,.1f} MB of {b['budget_bytes'] / 1e6:,.0f} MB "
+          f"({ratio:.1%}), dead letters {b['dead_letters']}, dropped "
+          f"{sum(b['dropped'].values()):,.0f}")
+    eta = f", drained in ~{_dur(f['drain_eta_s'])}" if f["drain_eta_s"] is not None else ""
+    print(f"backlog   {b['pending_rows']:,} rows waiting, oldest {_dur(b['backlog_age_s'])}"
+          f"{eta}")
+    print(f"rates     ingest {_rate(f['ingest_rows_per_s'])}, forwarded "
+          f"{_rate(f['rows_per_s'])} (rows/s, last step)")
+    for kind, n in sorted(b["pending"].items()):
+        if n:
+            print(f"          {kind:<11} {n:>12,} waiting")
+    if doc["device_tracking"]:
+        off = [d["device"] for d in doc["devices"] if not d["online"]]
+        print(f"devices   {doc['devices_online']} online, {len(off)} offline"
+              + (f": {', '.join(off[:10])}{' ...' if len(off) > 10 else ''}" if off else ""))
+    for p in doc["protocols"]:
+        print(f"protocol  {p['protocol']:<16} {_rate(p['rows_per_s']):>10} rows/s "
+              f"{p['rows_total']:>14,.0f} total")
+    firing = [a for a in doc["alerts"] if a["state"] == "firing"]
+    print(f"alerts    {len(firing)} firing, {len(doc['alerts']) - len(firing)} pending"
+          + "".join(f"\n          {a['labels'].get('alertname', '')} "
+                    + ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items())
+                                if k != "alertname") for a in firing))
+    h = doc["host"]
+    if h:
+        temps = ", ".join(f"{t['sensor']} {t['celsius']:.0f} C" for t in h["temperatures"][:4])
+        print(f"gateway   cpu {h['cpu_percent']:.0f}%, memory {h['memory_used_percent']:.0f}%"
+              + (f", load {h['load1']:.2f}" if h["load1"] is not None else "")
+              + (f", {temps}" if temps else ""))
+    r = doc["last_reload"]
+    if r:
+        print(f"reload    {_utc(int(r['at'] * 1000))} UTC: "
+              + (f"applied {', '.join(r['applied']) or 'nothing'}" if r["ok"]
+                 else f"REFUSED: {r['error']}"))
+    return 0
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{s / 60:.0f}m"
+    if s < 86400:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def _watch_drain(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    """Follow the backlog until it is drained: rows forwarded of those waiting at the start,
+    the rate over the last interval and the time left at that rate."""
     base = _node_url(args)
-    if base is None:
-        return 2
+    start = doc["buffer"]["pending_rows"]
+    acked0 = last_acked = doc["forward"]["acked_total"]
+    t_last = time.monotonic()
+    tty = sys.stdout.isatty()
+    print(f"backlog of {start:,} rows, following every {args.watch:g}s (Ctrl-C stops)")
     try:
-        health = httpx.get(base + "/healthz", timeout=5).json()
-        text = httpx.get(base + "/metrics", timeout=5).text
+        while True:
+            pending = doc["buffer"]["pending_rows"]
+            acked = doc["forward"]["acked_total"]
+            now = time.monotonic()
+            rate = (acked - last_acked) / max(1e-9, now - t_last)
+            last_acked, t_last = acked, now
+            done = acked - acked0
+            eta = _dur(pending / rate) if rate > 0 and pending else "-"
+            share = done / max(1, done + pending)
+            central = "" if doc["central"]["connected"] else "  (central unreachable)"
+            line = (f"forwarded {done:>12,.0f}, waiting {pending:>12,}  [{share:6.1%}]  "
+                    f"{rate:>10,.0f} rows/s  eta {eta}{central}")
+            print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
+            if not pending:
+                print("\nbacklog drained" if tty else "backlog drained")
+                return 0
+            time.sleep(args.watch)
+            doc = httpx.get(f"{base}/api/v1/status", timeout=10).json()
+    except KeyboardInterrupt:
+        print()
+        return 130
     except httpx.HTTPError as exc:
-        print(f"fleet-edge status: cannot reach the node at {base}: {exc}", file=sys.stderr)
+        print(f"\nfleet-edge status: lost the node at {base}: {exc}", file=sys.stderr)
         return 1
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, v = line.rpartition(" ")
-            values[name] = float(v)
-    if args.json:
-        print(json.dumps({"health": health, "metrics": values}, indent=2))
-        return 0
-    print(f"node {health.get('node_id')} (fleet-edge {health.get('version')}) at {base}: "
-          f"{health.get('status')}")
-    for kind in ("metrics", "rollups", "logs", "heartbeats"):
-        lab = f'{{kind="{kind}"}}'
-        print(f"  {kind:<11} ingested {values.get('fleet_edge_ingested_total' + lab, 0):>12,.0f}"
-              f"  acked {values.get('fleet_edge_acked_total' + lab, 0):>12,.0f}"
-              f"  pending {values.get('fleet_edge_buffer_pending' + lab, 0):>10,.0f}"
-              f"  dropped {values.get('fleet_edge_dropped_total' + lab, 0):>8,.0f}")
-    print(f"  buffer {values.get('fleet_edge_buffer_bytes', 0) / 1e6:,.1f} MB of "
-          f"{values.get('fleet_edge_buffer_disk_budget_bytes', 0) / 1e6:,.0f} MB, backlog age "
-          f"{values.get('fleet_edge_backlog_age_seconds', 0):,.1f} s, dead letters "
-          f"{values.get('fleet_edge_dead_letters', 0):,.0f}")
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from .node import PIDFILE
+
+    try:
+        cfg = EdgeConfig.from_toml(args.config)
+    except ConfigError as exc:
+        print(f"fleet-edge reload: {args.config} is invalid, the node was not signalled and "
+              f"keeps its running config: {exc}", file=sys.stderr)
+        return 2
+    pidfile = Path(cfg.data_dir) / PIDFILE
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        print(f"fleet-edge reload: no running node ({pidfile} missing or stale); "
+              "under systemd: systemctl reload fleet-edge", file=sys.stderr)
+        return 1
+    base = _node_url(args)
+    assert base is not None  # --config is required
+
+    def last() -> Any:
+        return httpx.get(f"{base}/api/v1/status", timeout=10).json()["last_reload"]
+
+    try:
+        before = last()
+        os.kill(pid, signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while (now := last()) == before:
+            if time.monotonic() > deadline:
+                print("fleet-edge reload: the node did not report a reload within 60 s",
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+    except PermissionError:
+        print(f"fleet-edge reload: not allowed to signal pid {pid} (run as the node's user or "
+              "root)", file=sys.stderr)
+        return 1
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"fleet-edge reload: signalled pid {pid} but cannot read its status at {base}: "
+              f"{exc}", file=sys.stderr)
+        return 1
+    if not now["ok"]:
+        print(f"reload refused (the node keeps its running config): {now['error']}",
+              file=sys.stderr)
+        return 1
+    print(f"reloaded {args.config}: applied {', '.join(now['applied']) or 'nothing (no change)'}")
+    if now["needs_restart"]:
+        print(f"not applied, needs a restart: {', '.join(now['needs_restart'])}")
     return 0
 
 
@@ -411,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "status":
         return _status(args)
+    if args.cmd == "reload":
+        return _reload(args)
     if args.cmd == "aggregates":
         return _aggregates(args)
     if args.cmd == "alerts":
@@ -432,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             # one line per batch sent is noise at info level; the forwarder logs what matters
             logging.getLogger("httpx").setLevel(logging.WARNING)
         try:
-            trio.run(_run, cfg)
+            trio.run(_run, cfg, args.config)
         except (Exception, BaseExceptionGroup) as exc:
             leaf = startup_error(exc, (EdgeError, OSError))
             if leaf is None:

@@ -159,6 +159,26 @@ class AlertsConfig:
                                                             "must be >= 100"))
 
 
+@dataclass(frozen=True)
+class HostConfig:
+    """The gateway box's own CPU, memory, disks, network and temperatures, as device data."""
+
+    enabled: bool = True
+    interval_s: float = field(default=15.0, metadata=_check(lambda v: v >= 1, "must be >= 1"))
+    # the `device` label of the box's series; empty: the node_id
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """The status page (``/``) and its charts of the node's own figures."""
+
+    # one chart point per step; history_hours of points are kept (and survive restarts)
+    step_s: float = field(default=30.0, metadata=_check(lambda v: v >= 1, "must be >= 1"))
+    history_hours: float = field(default=6.0, metadata=_check(
+        lambda v: 0 < v <= 168, "must be between 0 and 168"))
+
+
 def _listen_ok(v: str) -> bool:
     host, sep, port = v.rpartition(":")
     return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
@@ -185,6 +205,8 @@ class EdgeConfig:
     scrape: ScrapeConfig = field(default_factory=ScrapeConfig)
     aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
 
     @property
     def listen_host(self) -> str:
@@ -463,6 +485,15 @@ storage_used_ratio = 0.8          # buffer budget or data disk 80% used
 forward_failure_ratio = 0.01      # more than 1% of sends to central failing
 backlog_age_s = 3600.0            # oldest unforwarded data older than this
 max_series = 200000               # recent series kept in memory for the rules
+
+[host]
+enabled = true                    # this box's CPU, memory, disks, network, temperatures
+interval_s = 15.0                 # ... stored and forwarded like a device's metrics
+device = ""                       # their `device` label (empty: node_id); role="gateway"
+
+[status]
+step_s = 30.0                     # the status page's charts: one point per step
+history_hours = 6.0               # ... this many hours kept (across restarts)
 
 [scrape]
 static_targets = ""               # e.g. "10.0.0.5:9100,http://cam-1.local:8080/metrics"

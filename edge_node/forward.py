@@ -59,11 +59,9 @@ class Forwarder:
 
     def __init__(self, cfg: EdgeConfig, buffer: BufferService, client: httpx.AsyncClient,
                  registry: Registry) -> None:
-        self.cfg = cfg
         self.buffer = buffer
         self.client = client
-        self.url = cfg.central.url.rstrip("/") + "/api/v1/batches"
-        self.backoff = Backoff(cfg.central.backoff_initial_s, cfg.central.backoff_max_s)
+        self.apply(cfg)
         self.connected = False
         self.last_error = ""
         self.idle = trio.Event()
@@ -87,6 +85,12 @@ class Forwarder:
         for kind in KINDS:
             self.m_acked.inc(counters.get(f"acked_{kind}", 0), kind)
             self.m_dead.inc(counters.get(f"dead_lettered_{kind}", 0), kind)
+
+    def apply(self, cfg: EdgeConfig) -> None:
+        """Use ``cfg``'s ``[central]`` settings from the next send on (also on a reload)."""
+        self.cfg = cfg
+        self.url = cfg.central.url.rstrip("/") + "/api/v1/batches"
+        self.backoff = Backoff(cfg.central.backoff_initial_s, cfg.central.backoff_max_s)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -11,6 +11,7 @@ or protobuf + snappy), and the Influx line protocol ``POST /write`` (v1) and
 
 from __future__ import annotations
 
+import importlib.resources
 import inspect
 import json
 import logging
@@ -25,6 +26,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
+from . import __version__
 from .auth import apply_grant, authorize, load_tokens
 from .config import EdgeConfig
 from .devices import DeviceRegistry
@@ -74,15 +76,10 @@ class IngestHandler:
 
     def __init__(self, cfg: EdgeConfig, buffer: BufferService, registry: Registry,
                  devices: DeviceRegistry | None = None) -> None:
-        self.cfg = cfg
         self.buffer = buffer
         self.devices = devices or DeviceRegistry(cfg.data_dir)
-        self.parser = NativeParser(cfg.ingest)
-        self.text_parser = prometheus_text.TextParser(cfg.ingest)
-        self.rw_parser = remote_write.RemoteWriteParser(cfg.ingest)
-        self.influx_parser = influx.InfluxParser(cfg.ingest)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
-        self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
+        self.apply(cfg)
         # path -> (protocol name, parser of a decompressed body)
         self.routes: dict[str, tuple[str, Route]] = {
             "/api/v1/ingest": ("native", lambda raw, ctype, _, now:
@@ -110,6 +107,18 @@ class IngestHandler:
                                            ("kind",))
         self.m_rejected = registry.counter("rejected_total", "Requests refused, by reason.",
                                            ("reason",))
+
+    def apply(self, cfg: EdgeConfig) -> None:
+        """Use ``cfg``'s ``[ingest]`` limits and device tokens from the next request on (also
+        on a reload: the series limiter keeps what it counted)."""
+        self.cfg = cfg
+        self.parser = NativeParser(cfg.ingest)
+        self.text_parser = prometheus_text.TextParser(cfg.ingest)
+        self.rw_parser = remote_write.RemoteWriteParser(cfg.ingest)
+        self.influx_parser = influx.InfluxParser(cfg.ingest)
+        self.limiter.max_series = cfg.ingest.max_series_per_device
+        self.limiter.ttl_s = cfg.ingest.series_ttl_s
+        self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -262,40 +271,73 @@ class EdgeApp:
         await self.quart_app(scope, receive, send)  # type: ignore[arg-type]
 
 
-def create_app(cfg: EdgeConfig, buffer: BufferService, registry: Registry,
-               health: Callable[[], dict[str, Any]], alerts: Any = None) -> EdgeApp:
-    """Build the node's ASGI app around a running :class:`BufferService`."""
+#: the status page: one self-contained file (no external assets) shipped in the package
+STATUS_PAGE = importlib.resources.files(__package__).joinpath(
+    "static/status.html").read_text(encoding="utf-8")
+
+
+def create_app(node: Any) -> EdgeApp:
+    """Build the node's ASGI app around a running :class:`~edge_node.node.EdgeNode` (its
+    parts are read per request: a reload may replace the alert service)."""
     app = QuartTrio("fleet_edge")
+    cfg = node.cfg
+    registry = node.registry
+    buffer = node.buffer
+
+    def as_json(body: Any, status: int = 200) -> Response:
+        return Response(json.dumps(body), status=status, mimetype="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:
         # "ok" while the node runs: an unreachable central is normal for an edge, and shown
         # in the fields, not as a failed health check that would get the node restarted
-        body = {"status": "ok", "node_id": cfg.node_id, **health()}
-        return Response(json.dumps(body), mimetype="application/json")
+        st = buffer.stats_cache
+        fwd = node.forwarder
+        return as_json({"status": "ok", "node_id": node.cfg.node_id, "version": __version__,
+                        "central_connected": fwd.connected,
+                        "last_forward_error": fwd.last_error or None,
+                        "pending_rows": sum(st.pending.values()),
+                        "backlog_age_s": round(buffer.backlog_age(), 3),
+                        "buffer_bytes": st.used_bytes, "dead_letters": st.dead_letters})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        # ready: the buffer takes writes; central reachable, or not needed yet (room left)
+        why = node.status.not_ready()
+        return as_json({"status": "not ready" if why else "ready", "reasons": why},
+                       503 if why else 200)
+
+    @app.get("/api/v1/status")
+    async def status_api() -> Response:
+        return as_json(await node.status.document())
+
+    @app.get("/")
+    @app.get("/status")
+    async def status_page() -> Response:
+        return Response(STATUS_PAGE, mimetype="text/html")
 
     @app.get("/api/v1/alerts")
     async def alerts_api() -> Response:
         # Prometheus' format, so tools that read /api/v1/alerts read this one
-        body = {"status": "success",
-                "data": {"alerts": alerts.summary() if alerts is not None else []}}
-        return Response(json.dumps(body), mimetype="application/json")
+        alerts = node.alerts
+        return as_json({"status": "success",
+                        "data": {"alerts": alerts.summary() if alerts is not None else []}})
 
     @app.get("/api/v1/alerts/notifications")
     async def alert_notifications() -> Response:
         # the outbox, newest first: hook, status, attempts, delivery, exit status / HTTP status
+        alerts = node.alerts
         rows = [] if alerts is None else await alerts.recent_notifications()
-        return Response(json.dumps({"notifications": rows}), mimetype="application/json")
+        return as_json({"notifications": rows})
 
     @app.get("/api/v1/aggregates")
     async def aggregates() -> Response:
         stage = buffer.stage
         rules = [] if stage is None else await trio.to_thread.run_sync(stage.summary)
-        body = {"node_id": cfg.node_id, "rules": rules,
-                # samples re-applied from the replay log when the node started
-                "replayed_on_start": stage.replayed if stage else 0,
-                "checkpoints": stage.checkpoints if stage else 0}
-        return Response(json.dumps(body), mimetype="application/json")
+        return as_json({"node_id": cfg.node_id, "rules": rules,
+                        # samples re-applied from the replay log when the node started
+                        "replayed_on_start": stage.replayed if stage else 0,
+                        "checkpoints": stage.checkpoints if stage else 0})
 
     @app.get("/metrics")
     async def metrics() -> Response:

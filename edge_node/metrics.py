@@ -96,6 +96,12 @@ class Registry:
     def _add(self, name: str, help: str, kind: str, labelnames: tuple[str, ...],
              callback: Callable[[], dict[tuple[str, ...], float] | float] | None) -> Metric:
         full = f"{self.prefix}_{name}"
+        old = self.metrics.get(full)
+        if old is not None and old.kind == kind and old.labelnames == labelnames:
+            # registered again (a part rebuilt on reload): counters keep counting, a gauge
+            # reads its new callback
+            old.callback = callback
+            return old
         m = Metric(full, help, kind, labelnames, callback=callback)
         self.metrics[full] = m
         return m
@@ -110,9 +116,33 @@ class Registry:
 
     def histogram(self, name: str, help: str, labelnames: tuple[str, ...] = (),
                   buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
-        h = Histogram(f"{self.prefix}_{name}", help, labelnames, buckets)
+        full = f"{self.prefix}_{name}"
+        old = self.histograms.get(full)
+        if old is not None and old.labelnames == labelnames and old.buckets == buckets:
+            return old
+        h = Histogram(full, help, labelnames, buckets)
         self.histograms[h.name] = h
         return h
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
+        m = self.metrics.get(f"{self.prefix}_{name}")
+        if m is None:
+            return 0.0
+        want = [(m.labelnames.index(k), v) for k, v in labels.items() if k in m.labelnames]
+        return float(sum(v for key, v in m.samples().items()
+                         if all(key[i] == x for i, x in want)))
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """``name``'s samples summed per value of ``label``."""
+        m = self.metrics.get(f"{self.prefix}_{name}")
+        if m is None or label not in m.labelnames:
+            return {}
+        i = m.labelnames.index(label)
+        out: dict[str, float] = {}
+        for key, v in m.samples().items():
+            out[key[i]] = out.get(key[i], 0.0) + v
+        return out
 
     def render(self) -> str:
         out: list[str] = []

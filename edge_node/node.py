@@ -8,13 +8,18 @@ central in progress records its ack even while being cancelled.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,14 +31,24 @@ from . import __version__
 from .alerts.service import AlertService, builtin_group
 from .buffer import Store
 from .config import EdgeConfig
+from .errors import ConfigError
 from .forward import Forwarder
+from .host import HostCollector
 from .ingest import create_app
 from .metrics import Registry
 from .scrape import Scraper
 from .selfmon import register_process_metrics
+from .status import StatusService
 from .writer import BufferService
 
 log = logging.getLogger("fleet_edge.node")
+
+#: the running node's process id, in the data directory (``fleet-edge reload`` signals it)
+PIDFILE = "fleet-edge.pid"
+
+
+#: config sections and keys a reload applies at once; the others need a restart
+LIVE = ("log_level", "central", "ingest", "scrape", "aggregate", "alerts", "host")
 
 
 @dataclass
@@ -41,15 +56,194 @@ class EdgeNode:
     """A running node: where it listens and its parts (for tests, the demo and status)."""
 
     cfg: EdgeConfig
-    url: str
     buffer: BufferService
     forwarder: Forwarder
     registry: Registry
+    config_path: str | None = None
+    url: str = ""
     alerts: AlertService | None = None
+    host: HostCollector | None = None
+    scraper: Scraper | None = None
+    ingest: Any = None  # the IngestHandler
+    status: Any = None  # the StatusService
+    client: httpx.AsyncClient | None = None
+    last_reload: dict[str, Any] | None = None
     stop_event: trio.Event = field(default_factory=trio.Event)
+    _nursery: trio.Nursery | None = None
+    _alerts_scope: trio.CancelScope | None = None
+    _alert_inputs: bytes = b""
+    _host_scope: trio.CancelScope | None = None
+    _reload_lock: trio.Lock = field(default_factory=trio.Lock)
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    # -- parts that a reload may replace -------------------------------------------------------
+
+    def _make_alerts(self, cfg: EdgeConfig) -> AlertService | None:
+        groups = cfg.alert_rule_groups()
+        if cfg.alerts.builtin_rules:
+            groups.append(builtin_group(cfg.alerts))
+        self._alert_inputs = alert_inputs(cfg)
+        if not groups:
+            return None
+        store = self.buffer.store
+        svc = AlertService(groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir, self.registry,
+                           max_series=cfg.alerts.max_series, client=self.client,
+                           forward=self.buffer.write, labels_of=store.labels_of)
+        svc.seed_from_buffer(store.recent_metrics)
+        self.buffer.observers.append(svc.observe)
+        return svc
+
+    async def _start_alerts(self) -> None:
+        svc = self.alerts
+        if svc is None or self._nursery is None:
+            return
+        scope = self._alerts_scope = trio.CancelScope()
+
+        async def run(*, task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await svc.run(task_status=task_status)
+
+        await self._nursery.start(run)
+
+    async def _stop_alerts(self) -> None:
+        svc = self.alerts
+        if svc is None:
+            return
+        if self._alerts_scope is not None:
+            self._alerts_scope.cancel()
+        if svc.observe in self.buffer.observers:
+            self.buffer.observers.remove(svc.observe)
+        await svc.close()
+        self.alerts = None
+
+    def _start_host(self) -> None:
+        cfg = self.cfg
+        if self._host_scope is not None:
+            self._host_scope.cancel()
+            self._host_scope = None
+        if not cfg.host.enabled or self._nursery is None:
+            self.host = None
+            return
+        host = HostCollector(self.buffer, cfg.host.device or cfg.node_id,
+                             [cfg.data_dir, "/"], cfg.host.interval_s)
+        if self.host is not None:  # keep the CPU baseline and the last reading
+            host.last, host.cpu_percent = self.host.last, self.host.cpu_percent
+            host._prev_cpu, host.written = self.host._prev_cpu, self.host.written
+        self.host = host
+        scope = self._host_scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await host.run()
+
+        self._nursery.start_soon(run)
+
+    # -- reload --------------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file and the files it names (SIGHUP, ``fleet-edge reload``).
+
+        An invalid config is refused, logged and the old one kept. Changes to the sections in
+        :data:`LIVE` (and to ``buffer.max_disk_mb``) apply at once; buffered data, the
+        aggregation state of unchanged rules and the alert state are kept. Changes to other
+        keys (node_id, listen, data_dir, the rest of ``[buffer]``, ``[status]``) are logged as
+        needing a restart and not applied. Returns what happened (also ``last_reload``).
+        """
+        async with self._reload_lock:
+            result = await self._reload()
+        self.last_reload = result
+        return result
+
+    async def _reload(self) -> dict[str, Any]:
+        at = time.time()
+        if not self.config_path:
+            return {"at": at, "ok": False, "error": "the node was not started from a file",
+                    "applied": [], "needs_restart": []}
+        try:
+            new = await trio.to_thread.run_sync(EdgeConfig.from_toml, self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the running config is kept: %s", exc)
+            return {"at": at, "ok": False, "error": str(exc), "applied": [],
+                    "needs_restart": []}
+        old = self.cfg
+        applied, restart = plan_reload(old, new)
+        keep = {k: getattr(old, k) for k in restart if "." not in k}
+        buffer_cfg = dataclasses.replace(old.buffer, max_disk_mb=new.buffer.max_disk_mb)
+        cfg = dataclasses.replace(new, **keep, buffer=buffer_cfg)
+        self.cfg = cfg
+        if "log_level" in applied:
+            logging.getLogger().setLevel(cfg.log_level.upper())
+        if "central" in applied:
+            self.forwarder.apply(cfg)
+        if self.ingest is not None:
+            self.ingest.apply(cfg)  # also re-reads the device tokens file
+        if self.scraper is not None:
+            self.scraper.ingest = cfg.ingest
+            if self.scraper.cfg != cfg.scrape:
+                self.scraper.cfg = cfg.scrape
+                self.scraper.reload()
+        if "buffer.max_disk_mb" in applied:
+            self.buffer.max_bytes = int(cfg.buffer.max_disk_mb * 1024 * 1024)
+        rules = cfg.aggregation_rules()
+        current = [r.fingerprint for r in self.buffer.stage.rules] if self.buffer.stage else []
+        if ([r.fingerprint for r in rules] != current
+                or cfg.aggregate.checkpoint_interval_s != self.buffer.checkpoint_interval_s):
+            await self.buffer.set_rules(rules, cfg.aggregate.checkpoint_interval_s)
+            if "aggregate" not in applied:
+                applied.append("aggregate")
+        if alert_inputs(cfg) != self._alert_inputs:
+            await self._stop_alerts()
+            self.alerts = self._make_alerts(cfg)
+            await self._start_alerts()
+            if "alerts" not in applied:
+                applied.append("alerts")
+        if "host" in applied:
+            self._start_host()
+        if restart:
+            log.warning("reload: %s changed; that takes a restart (the running values are "
+                        "kept)", ", ".join(restart))
+        log.info("config reloaded from %s: %s", self.config_path,
+                 ", ".join(applied) or "nothing changed")
+        return {"at": at, "ok": True, "error": None, "applied": applied,
+                "needs_restart": restart}
+
+
+def plan_reload(old: EdgeConfig, new: EdgeConfig) -> tuple[list[str], list[str]]:
+    """(what a reload applies, what needs a restart) between two configs (sans-IO)."""
+    applied: list[str] = []
+    restart: list[str] = []
+    for f in dataclasses.fields(EdgeConfig):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if a == b:
+            continue
+        if f.name in LIVE:
+            applied.append(f.name)
+        elif f.name == "buffer":
+            if a.max_disk_mb != b.max_disk_mb:
+                applied.append("buffer.max_disk_mb")
+            rest = [g.name for g in dataclasses.fields(a)
+                    if g.name != "max_disk_mb" and getattr(a, g.name) != getattr(b, g.name)]
+            restart += [f"buffer.{n}" for n in rest]
+        else:
+            restart.append(f.name)
+    return applied, restart
+
+
+def alert_inputs(cfg: EdgeConfig) -> bytes:
+    """What the alert service is built from: the ``[alerts]`` settings, node_id and the bytes
+    of the rule and hooks files (a reload rebuilds the service only when these change)."""
+    h = hashlib.sha256(repr((cfg.node_id, cfg.data_dir, dataclasses.astuple(cfg.alerts)))
+                       .encode())
+    paths = [p.strip() for p in cfg.alerts.rule_files.split(",") if p.strip()]
+    for p in [*paths, cfg.alerts.hooks_file]:
+        if p:
+            try:
+                h.update(Path(p).read_bytes())
+            except OSError as exc:
+                h.update(str(exc).encode())
+    return h.digest()
 
 
 def sd_notify(message: str) -> None:
@@ -81,16 +275,18 @@ async def watchdog() -> None:
 
 
 async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None,
+                        config_path: str | None = None,
                         task_status: trio.TaskStatus[EdgeNode] = trio.TASK_STATUS_IGNORED
                         ) -> None:
-    """Run a node until its ``stop()`` is called; ``task_status.started`` gets the handle."""
+    """Run a node until its ``stop()`` is called; ``task_status.started`` gets the handle.
+    ``config_path`` is the file :meth:`EdgeNode.reload` re-reads."""
     store = await trio.to_thread.run_sync(
         lambda: Store(cfg.db_path, synchronous=cfg.buffer.synchronous))
     registry = Registry("fleet_edge")
     registry.gauge("build_info", "Version of this edge node.", ("version", "node_id"),
                    callback=lambda: {(__version__, cfg.node_id): 1.0})
-    # leave room for the batch envelope and the series definitions that may ride along
     register_process_metrics(registry, cfg.data_dir)
+    # leave room for the batch envelope and the series definitions that may ride along
     buffer = BufferService(store, cfg.buffer, registry,
                            max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75),
                            rules=cfg.aggregation_rules(),
@@ -98,27 +294,15 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     own_client = client is None
     if client is None:
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)
-    alert_groups = cfg.alert_rule_groups()
-    if cfg.alerts.builtin_rules:
-        alert_groups.append(builtin_group(cfg.alerts))
-    alerts = None
-    if alert_groups:
-        alerts = AlertService(alert_groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir,
-                              registry, max_series=cfg.alerts.max_series, client=client,
-                              forward=buffer.write, labels_of=store.labels_of)
-        alerts.seed_from_buffer(store.recent_metrics)
-        buffer.observers.append(alerts.observe)
+    forwarder = Forwarder(cfg, buffer, client, registry)
+    node = EdgeNode(cfg=cfg, buffer=buffer, forwarder=forwarder, registry=registry,
+                    config_path=config_path, client=client)
+    node.alerts = node._make_alerts(cfg)
+    node.status = StatusService(node, cfg.status.step_s, cfg.status.history_hours)
+    pidfile = Path(cfg.data_dir) / PIDFILE
     try:
-        forwarder = Forwarder(cfg, buffer, client, registry)
-        def health() -> dict[str, Any]:
-            st = buffer.stats_cache
-            return {"version": __version__, "central_connected": forwarder.connected,
-                    "last_forward_error": forwarder.last_error or None,
-                    "pending_rows": sum(st.pending.values()),
-                    "backlog_age_s": round(buffer.backlog_age(), 3),
-                    "buffer_bytes": st.used_bytes, "dead_letters": st.dead_letters}
-
-        app = create_app(cfg, buffer, registry, health, alerts)
+        app = create_app(node)
+        node.ingest = app.ingest
         hc = HyperConfig()
         hc.bind = [cfg.listen]
         hc.graceful_timeout = cfg.drain_timeout_s
@@ -138,37 +322,42 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
                 served.set()
 
         async with trio.open_nursery() as nursery:
+            node._nursery = nursery
             await nursery.start(buffer.serve)
             nursery.start_soon(forwarder.run)
-            if alerts is not None:
-                await nursery.start(alerts.run)
+            await node._start_alerts()
             binds = await nursery.start(serve_http)
-            scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
+            node.url = binds[0]
+            node.scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
             scraping = trio.CancelScope()
-            if scraper.enabled:
+            if node.scraper.enabled:
                 async def scrape() -> None:
                     with scraping:
-                        await scraper.run()
+                        assert node.scraper is not None
+                        await node.scraper.run()
 
                 nursery.start_soon(scrape)
-            node = EdgeNode(cfg=cfg, url=binds[0], buffer=buffer, forwarder=forwarder,
-                            registry=registry, alerts=alerts)
+            node._start_host()
+            nursery.start_soon(node.status.run)
             log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
                      cfg.central.url)
+            await trio.to_thread.run_sync(pidfile.write_text, f"{os.getpid()}\n")
             sd_notify("READY=1")
             nursery.start_soon(watchdog)
             task_status.started(node)
             await node.stop_event.wait()
             log.info("stopping: no new requests; finishing those in progress")
             sd_notify("STOPPING=1")
+            node.status.stopping = True
             scraping.cancel()
             stop.set()
             # serve() returns once in-flight requests finished (bounded by graceful_timeout)
-            with trio.move_on_after(cfg.drain_timeout_s + 1):
+            with trio.move_on_after(node.cfg.drain_timeout_s + 1):
                 await served.wait()
             await buffer.close()
-            if alerts is not None:
-                await alerts.close()
+            async with node._reload_lock:  # not while a reload swaps the alert service
+                if node.alerts is not None:
+                    await node.alerts.close()
             app.ingest.devices.close()
             nursery.cancel_scope.cancel()
     finally:
@@ -176,15 +365,19 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             with trio.CancelScope(shield=True):
                 await client.aclose()
         await trio.to_thread.run_sync(store.close)
+        with contextlib.suppress(OSError):
+            if pidfile.read_text().strip() == str(os.getpid()):
+                pidfile.unlink()
         log.info("edge node %s stopped", cfg.node_id)
 
 
 @asynccontextmanager
-async def open_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None
-                         ) -> AsyncIterator[EdgeNode]:
+async def open_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None,
+                         config_path: str | None = None) -> AsyncIterator[EdgeNode]:
     """``async with open_edge_node(cfg) as node:`` runs a node for the block's duration."""
     async with trio.open_nursery() as nursery:
-        node: EdgeNode = await nursery.start(partial(run_edge_node, cfg, client=client))
+        node: EdgeNode = await nursery.start(partial(run_edge_node, cfg, client=client,
+                                                     config_path=config_path))
         try:
             yield node
         finally:

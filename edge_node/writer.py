@@ -68,10 +68,9 @@ class BufferService:
         # called with every committed batch (local alerting reads what was just committed)
         self.observers: list[Callable[[IngestBatch], None]] = []
         self.stage: RollupStage | None = None
+        self.checkpoint_interval_s = checkpoint_interval_s
         if rules:
-            self.stage = RollupStage(rules, self.intern_durable, store.labels_of,
-                                     checkpoint_interval_s=checkpoint_interval_s)
-            self.stage.load(store)
+            self.stage = self._load_stage(rules)
         self.inflight: set[int] = set()
         self.segment_ready = trio.Event()
         self._send, self._recv = trio.open_memory_channel[_Ticket](cfg.queue_size)
@@ -92,8 +91,9 @@ class BufferService:
         self.m_compacted = r.counter(
             "compacted_total", "Raw metric rows removed under disk pressure because "
             "stream-aggregation rollups already summarise them.")
+        self.registry = r
         if self.stage is not None:
-            self._register_aggregation_metrics(r, self.stage)
+            self._register_aggregation_metrics(r)
         self.stats_cache = store.stats()
         self.m_compacted.inc(self.stats_cache.counters.get("compacted_metrics", 0))
         for kind in KINDS:
@@ -156,9 +156,31 @@ class BufferService:
                 out.append(sid)
         return out, defs
 
-    def _register_aggregation_metrics(self, r: Registry, stage: RollupStage) -> None:
+    def _load_stage(self, rules: Sequence[Rule]) -> RollupStage:
+        stage = RollupStage(rules, self.intern_durable, self.store.labels_of,
+                            checkpoint_interval_s=self.checkpoint_interval_s)
+        stage.load(self.store)
+        return stage
+
+    async def set_rules(self, rules: Sequence[Rule], checkpoint_interval_s: float) -> None:
+        """Switch to a new rule set (a reload). Every rule's state is saved first and the new
+        stage loads it back, so rules whose definition did not change carry on exactly; new
+        rules start empty (taking what is still in the replay log, as on a restart)."""
+        if self.stage is not None:
+            await self.roll_now(force_checkpoint=True)
+        self.checkpoint_interval_s = checkpoint_interval_s
+
+        def swap() -> None:
+            self.stage = self._load_stage(rules) if rules else None
+
+        await self.run(swap)
+        if self.stage is not None:
+            self._register_aggregation_metrics(self.registry)
+
+    def _register_aggregation_metrics(self, r: Registry) -> None:
         def per_rule(field: str) -> Callable[[], dict[tuple[str, ...], float]]:
-            return lambda: {(s["name"],): float(s[field]) for s in stage.summary()}
+            return lambda: {(s["name"],): float(s[field])
+                            for s in (self.stage.summary() if self.stage else [])}
 
         r.gauge("aggregate_samples", "Samples stream aggregation took into windows (since the "
                 "rule was created).", ("rule",), callback=per_rule("samples"))
@@ -248,9 +270,10 @@ class BufferService:
             await self.roll_now()
 
     async def roll_now(self, *, force_checkpoint: bool = False) -> None:
-        made = await self.run(partial(self.store.roll, max_rows=self.cfg.segment_max_samples,
-                                      max_bytes=self.max_segment_bytes, stage=self.stage,
-                                      force_checkpoint=force_checkpoint))
+        # the stage is read on the store's thread: a reload may swap it while this waits
+        made = await self.run(lambda: self.store.roll(
+            max_rows=self.cfg.segment_max_samples, max_bytes=self.max_segment_bytes,
+            stage=self.stage, force_checkpoint=force_checkpoint))
         if made:
             self.m_rolls.inc(len(made))
             self.segment_ready.set()

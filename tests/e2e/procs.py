@@ -91,6 +91,10 @@ def register(tmp: Path, node_id: str = "edge-e2e", env: dict[str, str] | None = 
     return out.strip().splitlines()[-1]
 
 
+# the tests count exact rows: the gateway's own metrics only where a test asks for them
+NO_HOST = "[host]\nenabled = false"
+
+
 def write_edge_config(tmp: Path, central_url: str, key: str, *, node_id: str = "edge-e2e",
                       port: int | None = None, extra: str = "") -> tuple[Path, str]:
     port = port or free_port()
@@ -110,6 +114,7 @@ backoff_max_s = 0.5
 max_disk_mb = 256
 roll_interval_s = 0.2
 {extra}
+{"" if "[host]" in extra else NO_HOST}
 """)
     return cfg, f"http://127.0.0.1:{port}"
 

@@ -160,11 +160,14 @@ async def test_status_command_reads_the_running_node(tmp_path: Path, procs: list
                               text=True).stdout
 
     with trio.fail_after(20):
-        while json.loads(status("--json"))["metrics"].get(
-                'fleet_edge_acked_total{kind="metrics"}') != 1.0:
+        while (doc := json.loads(status("--json")))["forward"]["acked_total"] < 2:
             await trio.sleep(0.2)
+    assert doc["buffer"]["pending_rows"] == 0 and doc["not_ready"] == []
+    assert [d["device"] for d in doc["devices"]] == ["d"]
     text = status()
-    assert "node edge-e2e" in text and "ingested" in text
+    assert "node edge-e2e" in text and ": ready" in text
+    assert "devices   1 online, 0 offline" in text
+    assert "backlog   0 rows waiting" in text
 
 
 async def test_a_client_that_hangs_up_mid_body_stores_nothing(tmp_path: Path,

@@ -1,0 +1,161 @@
+"""The status document, /readyz, the gateway's own metrics and a reload of local alerting, on
+an in-process node with a real central over HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import trio
+
+from edge_node.node import PIDFILE, open_edge_node
+from tests.conftest import Central, edge_config, wait_for
+
+
+def _ingest(device: str, value: float, protocol: str = "native") -> tuple[str, dict]:
+    return "/api/v1/ingest", {"device_id": device, "labels": {"site": "s1"},
+                              "metrics": [{"name": "temp", "value": value}]}
+
+
+async def test_status_document_host_metrics_and_readiness(tmp_path: Path,
+                                                          central: Central) -> None:
+    cfg = edge_config(tmp_path, central, host={"enabled": True, "interval_s": 1.0},
+                      status={"step_s": 1.0})
+    async with open_edge_node(cfg) as node, httpx.AsyncClient() as c:
+        assert (tmp_path / "edge" / PIDFILE).read_text().strip().isdigit()
+        for dev in ("cam-1", "cam-2"):
+            path, body = _ingest(dev, 21.0)
+            assert (await c.post(node.url + path, json=body)).status_code == 204
+        r = await c.post(node.url + "/api/v1/import/prometheus",
+                         content=b'temp{device="pump-1"} 3\n')
+        assert r.status_code == 204
+        # the gateway's own series reach central like a device's, labelled as the gateway
+        def gateway_series() -> list[tuple[str, str]]:
+            rows = central.store.open_sync().execute(
+                "SELECT name, labels FROM samples_v WHERE json_extract(labels, '$.role') = "
+                "'gateway'").fetchall()
+            return [(n, json.loads(lab)["device"]) for n, lab in rows]
+
+        await wait_for(lambda: ("node_memory_MemAvailable_bytes", "edge-1") in gateway_series())
+        names = {n for n, _ in gateway_series()}
+        assert {"node_cpu_seconds_total", "node_load1", "node_filesystem_avail_bytes",
+                "node_network_receive_bytes_total", "fleet_edge_process_cpu_seconds_total"
+                } <= names
+        await node.status.sample()
+        await trio.sleep(1.1)
+        await node.status.sample()
+        doc = (await c.get(node.url + "/api/v1/status")).json()
+        assert doc["node_id"] == "edge-1" and doc["not_ready"] == []
+        assert doc["central"]["connected"] is True
+        devices = {d["device"]: d["online"] for d in doc["devices"]}
+        assert devices["cam-1"] and devices["cam-2"] and devices["pump-1"]
+        assert devices["edge-1"]  # the gateway reports as a device too
+        protocols = {p["protocol"]: p["rows_total"] for p in doc["protocols"]}
+        assert protocols == {"native": 2, "prometheus_text": 1}
+        assert doc["host"]["device"] == "edge-1" and 0 <= doc["host"]["cpu_percent"] <= 100
+        assert len(doc["history"]["t"]) >= 2
+        assert set(doc["history"]["figures"]) == set(doc["figures"])
+        assert doc["history"]["figures"]["memory_used_percent"][-1] > 0
+        assert doc["history"]["figures"]["ingest_rows_per_s"][-1] is not None
+        assert (await c.get(node.url + "/readyz")).json() == {"status": "ready", "reasons": []}
+        page = await c.get(node.url + "/")
+        assert page.status_code == 200 and "/api/v1/status" in page.text
+        # nothing loaded from elsewhere (the headless-Chromium test blocks the network too)
+        assert not re.search(r'(src|href)\s*=|@import|url\(|fetch\("http', page.text)
+
+        # central gone and the buffer past its budget: not ready, with the reason
+        central.handle.stop()
+        await wait_for(lambda: not node.forwarder.connected)
+        path, body = _ingest("cam-1", 22.0)
+        assert (await c.post(node.url + path, json=body)).status_code == 204
+        await node.buffer.roll_now()
+        node.buffer.max_bytes = 1024
+        await wait_for(lambda: node.buffer.stats_cache.pending and True)
+        r = await c.get(node.url + "/readyz")
+        assert r.status_code == 503
+        assert "central is unreachable" in r.json()["reasons"][0]
+    assert not (tmp_path / "edge" / PIDFILE).exists()  # removed on a clean stop
+    # the chart history is kept for the next start
+    saved = json.loads((tmp_path / "edge" / "status-history.json").read_text())
+    assert len(saved["points"]) >= 2
+
+
+RULES = """
+groups:
+- name: site
+  interval: 1s
+  rules:
+  - alert: TooHot
+    expr: temp > 50
+    labels: {severity: page}
+"""
+MORE_RULES = RULES + """
+  - alert: TooCold
+    expr: temp < -20
+"""
+
+
+async def test_reload_rebuilds_alerting_and_keeps_its_state(tmp_path: Path,
+                                                           central: Central) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES)
+    hooks = tmp_path / "hooks.yml"
+    hooks.write_text(f"hooks:\n- name: journal\n  type: log\n  path: {tmp_path / 'n.jsonl'}\n")
+    cfg = edge_config(tmp_path, central, alerts={"rule_files": str(rules),
+                                                 "hooks_file": str(hooks)})
+    toml = tmp_path / "edge.toml"
+
+    def write(c: object) -> None:
+        lines = []
+        for section in ("central", "buffer", "alerts", "host"):
+            vals = getattr(c, section)
+            lines.append(f"[{section}]")
+            for k, v in vals.__dict__.items():
+                lines.append(f"{k} = {json.dumps(v)}")
+        top = "\n".join(f"{k} = {json.dumps(getattr(c, k))}"
+                        for k in ("node_id", "listen", "data_dir", "drain_timeout_s"))
+        toml.write_text(top + "\n" + "\n".join(lines) + "\n")
+
+    write(cfg)
+
+    def notes() -> list[dict]:
+        p = tmp_path / "n.jsonl"
+        return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+
+    async with open_edge_node(cfg, config_path=str(toml)) as node, httpx.AsyncClient() as c:
+        path, body = _ingest("boiler", 80.0)
+        assert (await c.post(node.url + path, json=body)).status_code == 204
+        await wait_for(lambda: len(notes()) == 1)
+        old = node.alerts
+        assert old is not None
+        firing_since = old.summary()[0]["activeAt"]
+
+        # nothing changed: the service is left alone
+        r = await node.reload()
+        assert r["ok"] and r["applied"] == [] and node.alerts is old
+
+        rules.write_text(MORE_RULES)
+        r = await node.reload()
+        assert r["ok"] and r["applied"] == ["alerts"] and r["needs_restart"] == []
+        assert node.alerts is not None and node.alerts is not old
+        names = {rule.name for g in node.alerts.groups for rule in g.rules}
+        assert {"TooHot", "TooCold"} <= names
+        # still firing since the same instant; evaluations go on without notifying again
+        (hot,) = [a for a in node.alerts.summary() if a["labels"]["alertname"] == "TooHot"]
+        assert hot["state"] == "firing" and hot["activeAt"] == firing_since
+        evals = node.alerts.evaluations
+        await wait_for(lambda: node.alerts is not None and node.alerts.evaluations >= evals + 3)
+        assert len(notes()) == 1
+        # the new rule works, on data that arrives after the reload
+        path, body = _ingest("freezer", -30.0)
+        assert (await c.post(node.url + path, json=body)).status_code == 204
+        await wait_for(lambda: any(n["commonLabels"].get("alertname") == "TooCold"
+                                   for n in notes()))
+        # a broken rule file is refused: the running rules stay
+        rules.write_text(MORE_RULES + "  - alert: Broken\n    expr: topk(3, temp)\n")
+        running = node.alerts
+        r = await node.reload()
+        assert not r["ok"] and "topk" in r["error"] and node.alerts is running
+        assert node.last_reload == r
