@@ -13,6 +13,8 @@ import trio_asyncio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
+from edge_node.sdnotify import sd_notify, watchdog
+
 from .app import create_app
 from .pipeline import Pipeline
 
@@ -67,8 +69,18 @@ async def _serve(pipeline: Pipeline, listen: str, graceful_s: float,
             handle = CentralHandle(url=binds[0], pipeline=pipeline)
             log.info("central listening on %s (state: %s, sinks: %s)", binds[0],
                      pipeline.state.name, ", ".join(s.name for s in pipeline.sinks) or "none")
+            sd_notify("READY=1")
+            watching = trio.CancelScope()
+
+            async def ping() -> None:
+                with watching:
+                    await watchdog()
+
+            nursery.start_soon(ping)
             task_status.started(handle)
             await handle.stop_event.wait()
+            sd_notify("STOPPING=1")
+            watching.cancel()
             maintenance.cancel()
             stop.set()
     finally:

@@ -345,8 +345,9 @@ def _status(args: argparse.Namespace) -> int:
             print(f"          {kind:<11} {n:>12,} waiting")
     if doc["device_tracking"]:
         off = [d["device"] for d in doc["devices"] if not d["online"]]
-        print(f"devices   {doc['devices_online']} online, {len(off)} offline"
-              + (f": {', '.join(off[:10])}{' ...' if len(off) > 10 else ''}" if off else ""))
+        n_off = doc["devices_total"] - doc["devices_online"]
+        print(f"devices   {doc['devices_online']} online, {n_off} offline"
+              + (f": {', '.join(off[:10])}{' ...' if n_off > 10 else ''}" if off else ""))
     for p in doc["protocols"]:
         print(f"protocol  {p['protocol']:<16} {_rate(p['rows_per_s']):>10} rows/s "
               f"{p['rows_total']:>14,.0f} total")

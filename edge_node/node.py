@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +36,7 @@ from .host import HostCollector
 from .ingest import create_app
 from .metrics import Registry
 from .scrape import Scraper
+from .sdnotify import sd_notify, watchdog
 from .selfmon import register_process_metrics
 from .status import StatusService
 from .writer import BufferService
@@ -244,34 +244,6 @@ def alert_inputs(cfg: EdgeConfig) -> bytes:
             except OSError as exc:
                 h.update(str(exc).encode())
     return h.digest()
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd about our state when run as a ``Type=notify`` unit (no-op otherwise)."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(addr)
-            s.sendall(message.encode())
-        except OSError as exc:
-            log.debug("sd_notify failed: %s", exc)
-
-
-async def watchdog() -> None:
-    """Ping systemd's watchdog (``WatchdogSec=``) from the Trio loop at half its period: if
-    the loop stalls, the pings stop and systemd restarts the node. A no-op without it."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return
-    period = max(int(usec) / 1e6 / 2, 0.05)
-    while True:
-        sd_notify("WATCHDOG=1")
-        await trio.sleep(period)
 
 
 async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = None,

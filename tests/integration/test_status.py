@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
+from edge_node import status as status_mod
 from edge_node.node import PIDFILE, open_edge_node
 from tests.conftest import Central, edge_config, wait_for
 
@@ -19,8 +21,8 @@ def _ingest(device: str, value: float, protocol: str = "native") -> tuple[str, d
                               "metrics": [{"name": "temp", "value": value}]}
 
 
-async def test_status_document_host_metrics_and_readiness(tmp_path: Path,
-                                                          central: Central) -> None:
+async def test_status_document_host_metrics_and_readiness(
+        tmp_path: Path, central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = edge_config(tmp_path, central, host={"enabled": True, "interval_s": 1.0},
                       status={"step_s": 1.0})
     async with open_edge_node(cfg) as node, httpx.AsyncClient() as c:
@@ -52,6 +54,13 @@ async def test_status_document_host_metrics_and_readiness(tmp_path: Path,
         devices = {d["device"]: d["online"] for d in doc["devices"]}
         assert devices["cam-1"] and devices["cam-2"] and devices["pump-1"]
         assert devices["edge-1"]  # the gateway reports as a device too
+        assert doc["devices_total"] == 4 and doc["devices_online"] == 4
+        # a big site lists offline devices first and only so many (the counts cover all)
+        node.alerts.devices["old-1"] = ("s1", 0)
+        monkeypatch.setattr(status_mod, "DEVICES_LISTED", 2)
+        small = await node.status.document()
+        assert [d["device"] for d in small["devices"]] == ["old-1", "cam-1"]
+        assert (small["devices_total"], small["devices_online"]) == (5, 4)
         protocols = {p["protocol"]: p["rows_total"] for p in doc["protocols"]}
         assert protocols == {"native": 2, "prometheus_text": 1}
         assert doc["host"]["device"] == "edge-1" and 0 <= doc["host"]["cpu_percent"] <= 100
