@@ -39,6 +39,11 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
     m_bytes = reg.counter("received_bytes_total", "Batch bytes received.")
     reg.gauge("build_info", "Version of this central service.", ("version",),
               callback=lambda: {(__version__,): 1.0})
+    path = getattr(store, "path", None)
+    if path is not None:  # the embedded store: its growth (PostgreSQL has its own exporters)
+        reg.gauge("store_bytes", "Size of the embedded SQLite store (database + WAL).",
+                  callback=lambda: float(sum(p.stat().st_size for p in (
+                      path, path.with_name(path.name + "-wal")) if p.exists())))
     app.extensions["registry"] = reg
     decode_limiter = trio.CapacityLimiter(2)
 

@@ -81,6 +81,9 @@ class Pipeline:
             "fast_dedup_hits_total", "Retried batches recognised by the Valkey fast path.")
         self.m_commit = registry.histogram(
             "state_commit_seconds", "Time to commit a batch to the state store.")
+        self.m_check = registry.histogram(
+            "backend_check_seconds", "Time for a backend to answer the readiness query "
+            "(a timeout counts as READY_TIMEOUT_S).", ("backend",))
 
     async def open(self) -> None:
         await self.state.open()
@@ -124,8 +127,10 @@ class Pipeline:
         out = dict.fromkeys((c.name for c in checks), False)
 
         async def check(c: Any) -> None:
+            t0 = time.perf_counter()
             with trio.move_on_after(READY_TIMEOUT_S):
                 out[c.name] = bool(await c.ready())
+            self.m_check.observe(time.perf_counter() - t0, c.name)
 
         async with trio.open_nursery() as nursery:
             for c in checks:

@@ -72,8 +72,10 @@ class Forwarder:
         self.m_bytes = r.counter("forwarded_bytes_total", "Batch bytes sent to central.")
         self.m_attempts = r.counter("forward_attempts_total",
                                     "Batches sent to central, each try counted.")
-        self.m_errors = r.counter("forward_errors_total", "Failed sends, by reason.",
-                                  ("reason",))
+        self.m_errors = r.counter("forward_errors_total", "Failed sends, by reason (network, "
+                                  "timeout, or central's HTTP status).", ("reason",))
+        self.m_send_s = r.histogram("forward_seconds", "Time for central to answer a batch "
+                                    "(write latency to central, incl. its backends).")
         self.m_dead = r.counter("dead_lettered_total",
                                 "Rows moved to the dead-letter table.", ("kind",))
         self.last_ack_s = 0.0
@@ -169,14 +171,17 @@ class Forwarder:
         self.m_forwarded.inc(seg.n, seg.kind)
         self.m_bytes.inc(len(body))
         self.m_attempts.inc()
+        t0 = time.perf_counter()
         try:
             with trio.fail_after(self.cfg.central.timeout_s):
                 resp = await self.client.post(self.url, content=body, headers=headers)
         except (httpx.HTTPError, trio.TooSlowError) as exc:
             self.connected = False
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self.m_errors.inc(1, "network")
+            timeout = isinstance(exc, trio.TooSlowError | httpx.TimeoutException)
+            self.m_errors.inc(1, "timeout" if timeout else "network")
             return Verdict(RETRY, self.last_error)
+        self.m_send_s.observe(time.perf_counter() - t0)
         try:
             payload = resp.json()
         except ValueError:

@@ -144,6 +144,9 @@ class StatusService:
         self.stopping = False
         self._protocols: tuple[float, dict[str, float]] | None = None
         self.protocol_rates: dict[str, float] = {}
+        node.registry.gauge(
+            "devices", "Devices known to local alerting, online or offline (last seen within "
+            "alerts.device_offline_after_s).", ("state",), callback=self._device_counts)
         try:
             n = self.history.load(self.path.read_text(encoding="utf-8"), self.started)
             log.debug("status history: %d points restored", n)
@@ -162,6 +165,11 @@ class StatusService:
                 for d, (site, t) in list(alerts.devices.items())]
         rows.sort(key=lambda r: (r["online"], r["device"]))  # offline first
         return rows
+
+    def _device_counts(self) -> dict[tuple[str, ...], float]:
+        devs = self._devices(int(self.clock() * 1000))
+        online = float(sum(d["online"] for d in devs))
+        return {("online",): online, ("offline",): len(devs) - online}
 
     def reading(self) -> dict[str, float]:
         reg = self.node.registry

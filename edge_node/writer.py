@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -86,6 +87,9 @@ class BufferService:
         self.m_dropped = r.counter("dropped_total",
                                    "Rows dropped to stay within the disk budget.", ("kind",))
         self.m_rolls = r.counter("segments_rolled_total", "Segments made from the journal.")
+        self.m_commit_s = r.histogram("buffer_commit_seconds", "Time to commit a group of "
+                                      "requests durably (write latency of the buffer, fsync "
+                                      "included).")
         self.m_merged = r.counter("segments_merged_total",
                                   "Backlogged segments merged into denser ones.")
         self.m_compacted = r.counter(
@@ -228,8 +232,10 @@ class BufferService:
             with trio.CancelScope(shield=True):  # a commit in progress must finish and report
                 # packing is CPU work that needs the GIL anyway: do it here, and hand the
                 # store thread only the few statements of the transaction
+                t0 = time.perf_counter()
                 rows = pack_journal_rows([(t.batch, t.sids) for t in group])
                 await self.run(self.store.append_rows, new, rows)
+                self.m_commit_s.observe(time.perf_counter() - t0)
         except Exception as exc:
             log.error("buffer commit of %d requests failed: %s", len(group), exc)
             for t in group:

@@ -69,6 +69,16 @@ async def test_status_document_host_metrics_and_readiness(
         assert doc["history"]["figures"]["memory_used_percent"][-1] > 0
         assert doc["history"]["figures"]["ingest_rows_per_s"][-1] is not None
         assert (await c.get(node.url + "/readyz")).json() == {"status": "ready", "reasons": []}
+        text = (await c.get(node.url + "/metrics")).text
+        assert 'fleet_edge_devices{state="online"} 4' in text
+        assert 'fleet_edge_devices{state="offline"} 1' in text  # old-1, added above
+        for hist in ("fleet_edge_buffer_commit_seconds", "fleet_edge_forward_seconds"):
+            count = re.search(rf"^{hist}_count (\d+)$", text, re.M)
+            assert count and int(count.group(1)) > 0, hist
+        assert (await c.get(central.url + "/readyz")).status_code == 200
+        ctext = (await c.get(central.url + "/metrics")).text
+        assert re.search(r"^fleet_central_store_bytes [1-9]", ctext, re.M)
+        assert 'fleet_central_backend_check_seconds_count{backend="sqlite"} 1' in ctext
         page = await c.get(node.url + "/")
         assert page.status_code == 200 and "/api/v1/status" in page.text
         # nothing loaded from elsewhere (the headless-Chromium test blocks the network too)
