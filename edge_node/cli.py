@@ -435,6 +435,10 @@ def _reload(args: argparse.Namespace) -> int:
     try:
         pid = int(pidfile.read_text().strip())
         os.kill(pid, 0)
+    except PermissionError:
+        print(f"fleet-edge reload: not allowed to read {pidfile} or signal the node: run it as "
+              "root or the node's user, or: systemctl reload fleet-edge", file=sys.stderr)
+        return 1
     except (OSError, ValueError):
         print(f"fleet-edge reload: no running node ({pidfile} missing or stale); "
               "under systemd: systemctl reload fleet-edge", file=sys.stderr)

@@ -73,6 +73,7 @@ class EdgeNode:
     _alerts_scope: trio.CancelScope | None = None
     _alert_inputs: bytes = b""
     _host_scope: trio.CancelScope | None = None
+    _scrape_scope: trio.CancelScope | None = None  # the running scraper's
     _reload_lock: trio.Lock = field(default_factory=trio.Lock)
 
     def stop(self) -> None:
@@ -117,6 +118,28 @@ class EdgeNode:
             self.buffer.observers.remove(svc.observe)
         await svc.close()
         self.alerts = None
+
+    def _start_scraper(self) -> None:
+        """Run the scraper while it has targets (started, or stopped, by a reload too); a
+        running one keeps going, with the new settings from its next round."""
+        scraper = self.scraper
+        if scraper is None or self._nursery is None:
+            return
+        running = self._scrape_scope
+        if not scraper.enabled:
+            if running is not None:
+                running.cancel()
+                self._scrape_scope = None
+            return
+        if running is not None:
+            return
+        scope = self._scrape_scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                await scraper.run()
+
+        self._nursery.start_soon(run)
 
     def _start_host(self) -> None:
         cfg = self.cfg
@@ -184,6 +207,7 @@ class EdgeNode:
             if self.scraper.cfg != cfg.scrape:
                 self.scraper.cfg = cfg.scrape
                 self.scraper.reload()
+                self._start_scraper()
         if "buffer.max_disk_mb" in applied:
             self.buffer.max_bytes = int(cfg.buffer.max_disk_mb * 1024 * 1024)
         rules = cfg.aggregation_rules()
@@ -301,14 +325,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             binds = await nursery.start(serve_http)
             node.url = binds[0]
             node.scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
-            scraping = trio.CancelScope()
-            if node.scraper.enabled:
-                async def scrape() -> None:
-                    with scraping:
-                        assert node.scraper is not None
-                        await node.scraper.run()
-
-                nursery.start_soon(scrape)
+            node._start_scraper()
             node._start_host()
             nursery.start_soon(node.status.run)
             log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
@@ -321,7 +338,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             log.info("stopping: no new requests; finishing those in progress")
             sd_notify("STOPPING=1")
             node.status.stopping = True
-            scraping.cancel()
+            if node._scrape_scope is not None:
+                node._scrape_scope.cancel()
             stop.set()
             # serve() returns once in-flight requests finished (bounded by graceful_timeout)
             with trio.move_on_after(node.cfg.drain_timeout_s + 1):

@@ -3,6 +3,7 @@ an in-process node with a real central over HTTP."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import trio
 
 from edge_node import status as status_mod
+from edge_node.config import EdgeConfig
 from edge_node.node import PIDFILE, open_edge_node
 from tests.conftest import Central, edge_config, wait_for
 
@@ -101,6 +103,45 @@ async def test_status_document_host_metrics_and_readiness(
     assert len(saved["points"]) >= 2
 
 
+def write_toml(cfg: EdgeConfig, path: Path) -> None:
+    """``cfg`` as a TOML file (what a reload re-reads)."""
+    top, sections = [], []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            sections.append(f"[{f.name}]")
+            sections += [f"{k} = {json.dumps(x)}" for k, x in dataclasses.asdict(v).items()]
+        else:
+            top.append(f"{f.name} = {json.dumps(v)}")
+    path.write_text("\n".join(top + sections) + "\n")
+
+
+async def test_reload_starts_and_stops_scraping(tmp_path: Path, central: Central) -> None:
+    cfg = edge_config(tmp_path, central)
+    toml = tmp_path / "edge.toml"
+    write_toml(cfg, toml)
+    async with open_edge_node(cfg, config_path=str(toml)) as node:
+        scrapes = node.registry.metrics["fleet_edge_scrapes_total"]
+        assert node._scrape_scope is None
+        # scrape the node's own /metrics every 0.2 s
+        target = node.url.removeprefix("http://")
+        write_toml(dataclasses.replace(cfg, scrape=dataclasses.replace(
+            cfg.scrape, static_targets=target, interval_s=0.2, timeout_s=0.2)), toml)
+        r = await node.reload()
+        assert r["applied"] == ["scrape"]
+        await wait_for(lambda: scrapes.get("ok") >= 2)
+        write_toml(cfg, toml)
+        assert (await node.reload())["applied"] == ["scrape"]
+        assert node._scrape_scope is None
+        await trio.sleep(0.3)
+        done = scrapes.get("ok")
+        await trio.sleep(0.5)
+        assert scrapes.get("ok") == done  # stopped
+    await wait_for(lambda: ("up", target) in [
+        (n, json.loads(lab).get("instance")) for n, lab in central.store.open_sync().execute(
+            "SELECT name, labels FROM samples_v WHERE name = 'up'").fetchall()])
+
+
 RULES = """
 groups:
 - name: site
@@ -125,19 +166,7 @@ async def test_reload_rebuilds_alerting_and_keeps_its_state(tmp_path: Path,
     cfg = edge_config(tmp_path, central, alerts={"rule_files": str(rules),
                                                  "hooks_file": str(hooks)})
     toml = tmp_path / "edge.toml"
-
-    def write(c: object) -> None:
-        lines = []
-        for section in ("central", "buffer", "alerts", "host"):
-            vals = getattr(c, section)
-            lines.append(f"[{section}]")
-            for k, v in vals.__dict__.items():
-                lines.append(f"{k} = {json.dumps(v)}")
-        top = "\n".join(f"{k} = {json.dumps(getattr(c, k))}"
-                        for k in ("node_id", "listen", "data_dir", "drain_timeout_s"))
-        toml.write_text(top + "\n" + "\n".join(lines) + "\n")
-
-    write(cfg)
+    write_toml(cfg, toml)
 
     def notes() -> list[dict]:
         p = tmp_path / "n.jsonl"
