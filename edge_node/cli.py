@@ -152,7 +152,8 @@ async def _run(cfg: EdgeConfig, path: str) -> None:
             with hup, trio.open_signal_receiver(signal.SIGHUP) as signals:
                 async for _ in signals:
                     logging.getLogger("fleet_edge").info("SIGHUP received: reloading %s", path)
-                    await node.reload()
+                    with trio.CancelScope(shield=True):  # a SIGTERM now waits for it to finish
+                        await node.reload()
 
         nursery.start_soon(reload_on_sighup)
         await stop_on_signal(node.stop, "fleet_edge")

@@ -91,7 +91,8 @@ class EdgeNode:
         store = self.buffer.store
         svc = AlertService(groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir, self.registry,
                            max_series=cfg.alerts.max_series, client=self.client,
-                           forward=self.buffer.write, labels_of=store.labels_of)
+                           forward=self.buffer.write, labels_of=store.labels_of,
+                           snapshot_interval_s=cfg.alerts.snapshot_interval_s)
         svc.seed_from_buffer(store.recent_metrics)
         self.buffer.observers.append(svc.observe)
         return svc
@@ -345,6 +346,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             with trio.move_on_after(node.cfg.drain_timeout_s + 1):
                 await served.wait()
             await buffer.close()
+            with trio.CancelScope(shield=True):
+                await node.status.save()
             async with node._reload_lock:  # not while a reload swaps the alert service
                 if node.alerts is not None:
                     await node.alerts.close()

@@ -41,6 +41,8 @@ FIGURES: dict[str, tuple[str, str]] = {
 RATES = {"ingest_rows_per_s", "forward_rows_per_s"}
 #: the buffer is "full" from this share of its budget on (for readiness)
 FULL_RATIO = 0.95
+#: the chart history is written this often (and on shutdown)
+SAVE_EVERY_S = 300.0
 #: devices listed in the status document: offline ones first, then online ones (the counts
 #: cover all); the page refreshes every 5 s, so a 10,000-device site must not send them all
 DEVICES_LISTED = 300
@@ -142,6 +144,7 @@ class StatusService:
         self.path = Path(node.cfg.data_dir) / "status-history.json"
         self.started = clock()
         self.stopping = False
+        self._saved = self.started
         self._protocols: tuple[float, dict[str, float]] | None = None
         self.protocol_rates: dict[str, float] = {}
         node.registry.gauge(
@@ -203,18 +206,25 @@ class StatusService:
         t = self.clock()
         self.history.add(t, self.reading())
         self._note_protocols(t)
+
+    async def save(self) -> None:
+        """Write the chart history (every ``SAVE_EVERY_S`` and on shutdown: gateways run on
+        flash, and the history is ~60 kB)."""
         text = self.history.dump()
-        await trio.to_thread.run_sync(_write_atomic, self.path, text)
+        try:
+            await trio.to_thread.run_sync(_write_atomic, self.path, text)
+        except OSError as exc:
+            log.warning("saving the status history failed: %s", exc)
+        self._saved = self.clock()
 
     async def run(self) -> None:
         step = self.history.step_s
         while True:
             # on the step grid, so points of restarts line up
             await trio.sleep(step - self.clock() % step)
-            try:
-                await self.sample()
-            except OSError as exc:
-                log.warning("saving the status history failed: %s", exc)
+            await self.sample()
+            if self.clock() - self._saved >= SAVE_EVERY_S:
+                await self.save()
 
     # -- answers -----------------------------------------------------------------------------
 

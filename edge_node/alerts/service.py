@@ -56,7 +56,6 @@ from .store import RecentStore
 
 log = logging.getLogger("fleet_edge.alerts")
 
-SNAPSHOT_EVERY_S = 30.0
 CENTRAL_HOOK = "central"
 DELIVERED_RETENTION_MS = 7 * 86_400_000
 
@@ -248,14 +247,15 @@ class AlertService:
                  max_series: int = 200_000, clock: Callable[[], float] = time.time,
                  client: httpx.AsyncClient | None = None, inline: bool = False,
                  forward: Callable[[IngestBatch], Awaitable[None]] | None = None,
-                 labels_of: Callable[[int], tuple[tuple[str, str], ...] | None] | None = None
-                 ) -> None:
+                 labels_of: Callable[[int], tuple[tuple[str, str], ...] | None] | None = None,
+                 snapshot_interval_s: float = 300.0) -> None:
         """Args:
             clock: wall-clock seconds (tests pass one that follows Trio's virtual clock).
             inline: run database calls on the Trio thread (tests on ``autojump_clock``, which
                 would jump while a worker thread works).
         """
         self.inline = inline
+        self.snapshot_interval_s = snapshot_interval_s
         self.labels_of = labels_of
         self.groups = groups
         self.forward = forward
@@ -593,7 +593,7 @@ class AlertService:
 
     async def _snapshot_loop(self) -> None:
         while True:
-            await trio.sleep(SNAPSHOT_EVERY_S)
+            await trio.sleep(self.snapshot_interval_s)
             await self.save_snapshot()
 
     # -- lifecycle ----------------------------------------------------------------------------

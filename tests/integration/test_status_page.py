@@ -105,8 +105,10 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
         await node.status.sample()
         assert node.alerts is not None and node.alerts.summary()
 
-        dom = (await trio.run_process(_chromium("--dump-dom", node.url + "/"),
-                                      capture_stdout=True, capture_stderr=True)).stdout.decode()
+        with trio.fail_after(120):
+            dom = (await trio.run_process(_chromium("--dump-dom", node.url + "/"),
+                                          capture_stdout=True, capture_stderr=True)
+                   ).stdout.decode()
         assert 'data-loaded="1"' in dom, dom[-2000:]  # the script ran and rendered
         body = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
         text = re.sub(r"<[^>]+>", " ", body)
@@ -123,9 +125,10 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
         assert dom.count("<path ") >= 6  # charts with lines (ingest, buffer, devices, ...)
 
         shot = tmp_path / "status.png"
-        await trio.run_process(_chromium("--window-size=1280,1400", f"--screenshot={shot}",
-                                         node.url + "/"), capture_stdout=True,
-                               capture_stderr=True)
+        with trio.fail_after(120):
+            await trio.run_process(_chromium("--window-size=1280,1400",
+                                             f"--screenshot={shot}", node.url + "/"),
+                                   capture_stdout=True, capture_stderr=True)
     width, height, rows = png_pixels(shot.read_bytes())
     assert (width, height) == (1280, 1400)
     assert count_color(rows[:60], (0x1A, 0x7F, 0x37)) > 200  # the green "ready" badge
