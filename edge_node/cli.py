@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import trio
 
 from . import __version__
@@ -435,12 +436,18 @@ def _reload(args: argparse.Namespace) -> int:
     pidfile = Path(cfg.data_dir) / PIDFILE
     try:
         pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
+        # a pid file left by a killed node may name a process that reused the number:
+        # signal only a fleet-edge run
+        argv = " ".join(psutil.Process(pid).cmdline())
+        if "run" not in argv or ("fleet-edge" not in argv and "edge_node" not in argv):
+            raise ProcessLookupError(pid)
+    except psutil.AccessDenied:
+        pass  # another user's process: the signal below says whether we may send it
     except PermissionError:
         print(f"fleet-edge reload: not allowed to read {pidfile} or signal the node: run it as "
               "root or the node's user, or: systemctl reload fleet-edge", file=sys.stderr)
         return 1
-    except (OSError, ValueError):
+    except (OSError, ValueError, psutil.NoSuchProcess):
         print(f"fleet-edge reload: no running node ({pidfile} missing or stale); "
               "under systemd: systemctl reload fleet-edge", file=sys.stderr)
         return 1

@@ -123,6 +123,17 @@ def test_reload_without_a_running_node_says_so(tmp_path: Path) -> None:
     cfg, _ = write_edge_config(tmp_path, "http://127.0.0.1:9", "k")
     r = cli("reload", "--config", str(cfg))
     assert r.returncode == 1 and "no running node" in r.stderr
+    # a pid file left by a killed node, its number reused by another process: not signalled
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "edge").mkdir(exist_ok=True)
+        (tmp_path / "edge" / "fleet-edge.pid").write_text(f"{other.pid}\n")
+        r = cli("reload", "--config", str(cfg))
+        assert r.returncode == 1 and "stale" in r.stderr
+        assert other.poll() is None  # SIGHUP would have ended it
+    finally:
+        other.kill()
+        other.wait()
 
 
 async def test_status_watch_shows_the_backlog_drain(tmp_path: Path, procs: list[Proc]) -> None:
