@@ -81,19 +81,20 @@ class EdgeNode:
 
     # -- parts that a reload may replace -------------------------------------------------------
 
-    def _make_alerts(self, cfg: EdgeConfig) -> AlertService | None:
-        groups = cfg.alert_rule_groups()
-        if cfg.alerts.builtin_rules:
-            groups.append(builtin_group(cfg.alerts))
-        self._alert_inputs = alert_inputs(cfg)
+    def _make_alerts(self, cfg: EdgeConfig, parts: tuple[list[Any], Any, bytes]
+                     ) -> AlertService | None:
+        """The alert service for ``parts`` (:func:`alert_parts`), observing the buffer; the
+        caller seeds its recent data from the buffer (on the store's thread once the buffer
+        runs)."""
+        groups, hooks, self._alert_inputs = parts
         if not groups:
             return None
-        store = self.buffer.store
-        svc = AlertService(groups, cfg.alert_hooks(), cfg.node_id, cfg.data_dir, self.registry,
+        svc = AlertService(groups, hooks, cfg.node_id, cfg.data_dir, self.registry,
                            max_series=cfg.alerts.max_series, client=self.client,
-                           forward=self.buffer.write, labels_of=store.labels_of,
+                           forward=self.buffer.write, labels_of=self.buffer.store.labels_of,
                            snapshot_interval_s=cfg.alerts.snapshot_interval_s)
-        svc.seed_from_buffer(store.recent_metrics)
+        # observing before seeding: a batch both committed before the seed read and observed
+        # after it is one sample at one timestamp, which the recent store keeps once
         self.buffer.observers.append(svc.observe)
         return svc
 
@@ -186,11 +187,24 @@ class EdgeNode:
             return {"at": at, "ok": False, "error": "the node was not started from a file",
                     "applied": [], "needs_restart": []}
         try:
+            # everything is read and checked before anything changes
             new = await trio.to_thread.run_sync(EdgeConfig.from_toml, self.config_path)
+            rules = await trio.to_thread.run_sync(new.aggregation_rules)
+            alerts = await trio.to_thread.run_sync(alert_parts, new)
         except ConfigError as exc:
             log.error("reload refused, the running config is kept: %s", exc)
             return {"at": at, "ok": False, "error": str(exc), "applied": [],
                     "needs_restart": []}
+        try:
+            return await self._apply(new, rules, alerts, at)
+        except Exception as exc:  # a failing part must not take the node down
+            log.exception("reload failed part-way; the parts not yet switched keep running "
+                          "as before")
+            return {"at": at, "ok": False, "error": f"applying failed: {exc}", "applied": [],
+                    "needs_restart": []}
+
+    async def _apply(self, new: EdgeConfig, rules: list[Any],
+                     alerts: tuple[list[Any], Any, bytes], at: float) -> dict[str, Any]:
         old = self.cfg
         applied, restart = plan_reload(old, new)
         keep = {k: getattr(old, k) for k in restart if "." not in k}
@@ -211,16 +225,17 @@ class EdgeNode:
                 self._start_scraper()
         if "buffer.max_disk_mb" in applied:
             self.buffer.max_bytes = int(cfg.buffer.max_disk_mb * 1024 * 1024)
-        rules = cfg.aggregation_rules()
         current = [r.fingerprint for r in self.buffer.stage.rules] if self.buffer.stage else []
         if ([r.fingerprint for r in rules] != current
                 or cfg.aggregate.checkpoint_interval_s != self.buffer.checkpoint_interval_s):
             await self.buffer.set_rules(rules, cfg.aggregate.checkpoint_interval_s)
             if "aggregate" not in applied:
                 applied.append("aggregate")
-        if alert_inputs(cfg) != self._alert_inputs:
+        if alerts[2] != self._alert_inputs:
             await self._stop_alerts()
-            self.alerts = self._make_alerts(cfg)
+            svc = self.alerts = self._make_alerts(cfg, alerts)
+            if svc is not None:
+                await self.buffer.run(svc.seed_from_buffer, self.buffer.store.recent_metrics)
             await self._start_alerts()
             if "alerts" not in applied:
                 applied.append("alerts")
@@ -254,6 +269,19 @@ def plan_reload(old: EdgeConfig, new: EdgeConfig) -> tuple[list[str], list[str]]
         else:
             restart.append(f.name)
     return applied, restart
+
+
+def alert_parts(cfg: EdgeConfig) -> tuple[list[Any], Any, bytes]:
+    """(rule groups incl. the built-in ones, hooks, :func:`alert_inputs`) of ``cfg``.
+
+    Raises:
+        ConfigError: naming the file, rule or hook that is wrong.
+    """
+    digest = alert_inputs(cfg)  # before reading: a file changed meanwhile is read next time
+    groups = cfg.alert_rule_groups()
+    if cfg.alerts.builtin_rules:
+        groups.append(builtin_group(cfg.alerts))
+    return groups, cfg.alert_hooks(), digest
 
 
 def alert_inputs(cfg: EdgeConfig) -> bytes:
@@ -294,7 +322,9 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     forwarder = Forwarder(cfg, buffer, client, registry)
     node = EdgeNode(cfg=cfg, buffer=buffer, forwarder=forwarder, registry=registry,
                     config_path=config_path, client=client)
-    node.alerts = node._make_alerts(cfg)
+    node.alerts = node._make_alerts(cfg, alert_parts(cfg))
+    if node.alerts is not None:  # the buffer's tasks are not running yet
+        node.alerts.seed_from_buffer(store.recent_metrics)
     node.status = StatusService(node, cfg.status.step_s, cfg.status.history_hours)
     pidfile = Path(cfg.data_dir) / PIDFILE
     try:

@@ -51,8 +51,10 @@ class RecentStore:
             # kept in label order, so selections come out in the order Prometheus has them
             bisect.insort(self.by_name.setdefault(s.labels_map.get(NAME_LABEL, ""), []), s,
                           key=lambda x: x.labels)
-        if s.ts and ts < s.ts[-1]:  # out of order: insert in place (rare)
-            i = bisect.bisect_right(s.ts, ts)
+        if s.ts and ts <= s.ts[-1]:  # out of order (rare) or a duplicate
+            i = bisect.bisect_left(s.ts, ts)
+            if i < len(s.ts) and s.ts[i] == ts:
+                return  # one sample per timestamp, as Prometheus' TSDB keeps the first
             s.ts.insert(i, ts)
             s.vals.insert(i, value)
         else:

@@ -207,3 +207,28 @@ async def test_reload_rebuilds_alerting_and_keeps_its_state(tmp_path: Path,
         r = await node.reload()
         assert not r["ok"] and "topk" in r["error"] and node.alerts is running
         assert node.last_reload == r
+
+
+async def test_a_reload_that_fails_part_way_keeps_the_node_running(
+        tmp_path: Path, central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = tmp_path / "aggr.yaml"
+    rules.write_text("- match: temp\n  interval: 1m\n  outputs: [max]\n")
+    cfg = edge_config(tmp_path, central)
+    toml = tmp_path / "edge.toml"
+    write_toml(cfg, toml)
+    async with open_edge_node(cfg, config_path=str(toml)) as node, httpx.AsyncClient() as c:
+        write_toml(dataclasses.replace(cfg, aggregate=dataclasses.replace(
+            cfg.aggregate, rules_file=str(rules))), toml)
+
+        async def broken(*_: object) -> None:
+            raise OSError("disk I/O error")
+
+        monkeypatch.setattr(node.buffer, "set_rules", broken)
+        r = await node.reload()
+        assert not r["ok"] and "disk I/O error" in r["error"]
+        path, body = _ingest("cam-1", 20.0)
+        assert (await c.post(node.url + path, json=body)).status_code == 204  # still serving
+        monkeypatch.undo()
+        r = await node.reload()
+        assert r["ok"] and "aggregate" in r["applied"]
+        assert node.buffer.stage is not None and len(node.buffer.stage.rules) == 1

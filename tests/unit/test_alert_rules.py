@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_node.alerts.promql import parse
 from edge_node.alerts.rules import (
@@ -287,3 +289,21 @@ def test_log_rules_count_matching_lines() -> None:
 def test_log_rule_errors(expr: str, why: str) -> None:
     with pytest.raises(RuleFileError, match=why):
         parse_rule_groups({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": expr}]}]})
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.floats(-1e6, 1e6)), max_size=40))
+def test_recent_store_keeps_one_sample_per_timestamp_in_order(
+        samples: list[tuple[int, float]]) -> None:
+    # what a reload's seeding from the buffer and the new service's observing may both add
+    store = RecentStore(retention_ms=3600_000)
+    key = (("__name__", "t"),)
+    for t, v in samples + samples:
+        store.add(key, t, v)
+    first: dict[int, float] = {}
+    for t, v in samples:
+        first.setdefault(t, v)
+    if not samples:
+        assert key not in store.series
+        return
+    s = store.series[key]
+    assert s.ts == sorted(first) and s.vals == [first[t] for t in sorted(first)]
