@@ -195,28 +195,44 @@ class EdgeNode:
             log.error("reload refused, the running config is kept: %s", exc)
             return {"at": at, "ok": False, "error": str(exc), "applied": [],
                     "needs_restart": []}
+        done: list[str] = []
         try:
-            return await self._apply(new, rules, alerts, at)
+            return await self._apply(new, rules, alerts, at, done)
         except Exception as exc:  # a failing part must not take the node down
-            log.exception("reload failed part-way; the parts not yet switched keep running "
-                          "as before")
-            return {"at": at, "ok": False, "error": f"applying failed: {exc}", "applied": [],
+            log.exception("reload failed part-way (switched: %s); the other parts keep "
+                          "running as before", ", ".join(done) or "nothing")
+            return {"at": at, "ok": False, "error": f"applying failed: {exc}", "applied": done,
                     "needs_restart": []}
 
     async def _apply(self, new: EdgeConfig, rules: list[Any],
-                     alerts: tuple[list[Any], Any, bytes], at: float) -> dict[str, Any]:
+                     alerts: tuple[list[Any], Any, bytes], at: float, done: list[str]
+                     ) -> dict[str, Any]:
+        """Switch to ``new``: the parts that may fail (they do I/O) first, then the plain
+        settings; ``done`` collects what has switched (for the report of a failure)."""
         old = self.cfg
         applied, restart = plan_reload(old, new)
         keep = {k: getattr(old, k) for k in restart if "." not in k}
         buffer_cfg = dataclasses.replace(old.buffer, max_disk_mb=new.buffer.max_disk_mb)
         cfg = dataclasses.replace(new, **keep, buffer=buffer_cfg)
+        current = [r.fingerprint for r in self.buffer.stage.rules] if self.buffer.stage else []
+        if ([r.fingerprint for r in rules] != current
+                or cfg.aggregate.checkpoint_interval_s != self.buffer.checkpoint_interval_s):
+            await self.buffer.set_rules(rules, cfg.aggregate.checkpoint_interval_s)
+            done.append("aggregate")
+        if alerts[2] != self._alert_inputs:
+            await self._stop_alerts()
+            svc = self.alerts = self._make_alerts(cfg, alerts)
+            if svc is not None:
+                await self.buffer.run(svc.seed_from_buffer, self.buffer.store.recent_metrics)
+            await self._start_alerts()
+            done.append("alerts")
+        if self.ingest is not None:
+            self.ingest.apply(cfg)  # also re-reads the device tokens file
         self.cfg = cfg
         if "log_level" in applied:
             logging.getLogger().setLevel(cfg.log_level.upper())
         if "central" in applied:
             self.forwarder.apply(cfg)
-        if self.ingest is not None:
-            self.ingest.apply(cfg)  # also re-reads the device tokens file
         if self.scraper is not None:
             self.scraper.ingest = cfg.ingest
             if self.scraper.cfg != cfg.scrape:
@@ -225,28 +241,15 @@ class EdgeNode:
                 self._start_scraper()
         if "buffer.max_disk_mb" in applied:
             self.buffer.max_bytes = int(cfg.buffer.max_disk_mb * 1024 * 1024)
-        current = [r.fingerprint for r in self.buffer.stage.rules] if self.buffer.stage else []
-        if ([r.fingerprint for r in rules] != current
-                or cfg.aggregate.checkpoint_interval_s != self.buffer.checkpoint_interval_s):
-            await self.buffer.set_rules(rules, cfg.aggregate.checkpoint_interval_s)
-            if "aggregate" not in applied:
-                applied.append("aggregate")
-        if alerts[2] != self._alert_inputs:
-            await self._stop_alerts()
-            svc = self.alerts = self._make_alerts(cfg, alerts)
-            if svc is not None:
-                await self.buffer.run(svc.seed_from_buffer, self.buffer.store.recent_metrics)
-            await self._start_alerts()
-            if "alerts" not in applied:
-                applied.append("alerts")
         if "host" in applied:
             self._start_host()
+        done += [a for a in applied if a not in done]
         if restart:
             log.warning("reload: %s changed; that takes a restart (the running values are "
                         "kept)", ", ".join(restart))
         log.info("config reloaded from %s: %s", self.config_path,
-                 ", ".join(applied) or "nothing changed")
-        return {"at": at, "ok": True, "error": None, "applied": applied,
+                 ", ".join(done) or "nothing changed")
+        return {"at": at, "ok": True, "error": None, "applied": done,
                 "needs_restart": restart}
 
 

@@ -70,7 +70,7 @@ def test_sighup_reload_keeps_state_and_refuses_a_bad_config(tmp_path: Path,
     rules.write_text(RULES_B)
     cfg.write_text(cfg.read_text().replace('log_level = "warning"', 'log_level = "info"'))
     out = cli("reload", "--config", str(cfg), check=True).stdout
-    assert "applied log_level, aggregate" in out, out
+    assert "applied aggregate, log_level" in out, out
     agg = _aggregates(url)
     assert agg["temp_1m"]["samples"] == 30  # the same state: nothing lost, nothing doubled
     assert agg["temp_by_site"]["samples"] == 0
