@@ -99,8 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--requeue", nargs="*", type=int, metavar="SEQ",
                     help="requeue these (or, with no SEQ, all) dead letters")
     dl.add_argument("--json", action="store_true")
-    dv = sub.add_parser("devices", help="list the fleetd agents registered with this node")
-    _config_arg(dv, "the node's config (to find its data directory)")
+    dv = sub.add_parser(
+        "devices", help="list the fleetd agents registered with this node (registered), every "
+                        "device the node has seen with online/offline (seen), or forget "
+                        "decommissioned devices (forget NAME ...: no longer offline, their "
+                        "DeviceOffline alerts resolve)")
+    dv.add_argument("action", nargs="?", default="registered", metavar="ACTION",
+                    help="registered (default), seen, or forget")
+    dv.add_argument("names", nargs="*", metavar="NAME", help="forget: the devices")
+    _config_arg(dv, "the node's config (its data directory and listen address)")
+    dv.add_argument("--url", help="seen/forget: the node's base URL instead of --config's")
     dv.add_argument("--json", action="store_true")
     demo = sub.add_parser("demo", help="run central + edge + simulated devices in this process "
                                        "and check nothing acknowledged is lost")
@@ -527,6 +535,39 @@ def _table(rows: list[dict[str, Any]], as_json: bool, header: str,
 
 def _devices(args: argparse.Namespace) -> int:
     from .devices import DeviceRegistry
+
+    if args.action not in ("registered", "seen", "forget"):
+        print(f"fleet-edge devices: unknown action {args.action!r} (registered, seen, forget)",
+              file=sys.stderr)
+        return 2
+    if args.action == "seen":
+        rows, code = _node_json(args, "/api/v1/devices", lambda d: d["devices"])
+        if code is not None:
+            return code
+        return _table(rows, False, f"{'DEVICE':<32} {'SITE':<16} {'STATE':<8} LAST SEEN (UTC)",
+                      lambda r: f"{r['device'][:32]:<32} {r['site'][:16]:<16} "
+                      f"{'online' if r['online'] else 'OFFLINE':<8} {_utc(r['last_seen_ms'])}",
+                      "devices seen")
+    if args.action == "forget":
+        if not args.names:
+            print("fleet-edge devices forget: name the devices", file=sys.stderr)
+            return 2
+        base = _node_url(args)
+        bad = 0
+        for name in args.names:
+            try:
+                r = httpx.post(f"{base}/api/v1/devices/forget", json={"device": name},
+                               timeout=30)
+            except httpx.HTTPError as exc:
+                print(f"fleet-edge devices: cannot reach the node at {base}: {exc}",
+                      file=sys.stderr)
+                return 1
+            if r.status_code == 200:
+                print(f"forgot {name} (last seen {_utc(r.json()['last_seen_ms'])} UTC)")
+            else:
+                bad += 1
+                print(f"{name}: {r.json().get('error', r.text)}", file=sys.stderr)
+        return 1 if bad else 0
 
     reg = DeviceRegistry(_load(args.config).data_dir)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 import inspect
+import ipaddress
 import json
 import logging
 import time
@@ -23,7 +24,7 @@ from functools import partial
 from typing import Any
 
 import trio
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from . import __version__
@@ -276,6 +277,13 @@ STATUS_PAGE = importlib.resources.files(__package__).joinpath(
     "static/status.html").read_text(encoding="utf-8")
 
 
+def _loopback(addr: str | None) -> bool:
+    try:
+        return addr is not None and ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(node: Any) -> EdgeApp:
     """Build the node's ASGI app around a running :class:`~edge_node.node.EdgeNode` (its
     parts are read per request: a reload may replace the alert service)."""
@@ -315,6 +323,31 @@ def create_app(node: Any) -> EdgeApp:
     @app.get("/status")
     async def status_page() -> Response:
         return Response(STATUS_PAGE, mimetype="text/html")
+
+    @app.get("/api/v1/devices")
+    async def devices_api() -> Response:
+        # every device local alerting tracks, offline first
+        return as_json({"devices": node.status.devices(), "tracking": node.alerts is not None})
+
+    @app.post("/api/v1/devices/forget")
+    async def forget_device() -> Response:
+        # changes state: only from the gateway itself (fleet-edge devices forget)
+        if not _loopback(request.remote_addr):
+            return as_json({"error": "only accepted from the gateway itself (127.0.0.1 or "
+                                     "::1): use fleet-edge devices forget"}, 403)
+        body = await request.get_json(force=True, silent=True)
+        name = body.get("device") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            return as_json({"error": "expected {\"device\": \"<name>\"}",
+                            "field": "device"}, 400)
+        alerts = node.alerts
+        if alerts is None:
+            return as_json({"error": "device tracking is off (local alerting is disabled)"},
+                           409)
+        gone = await alerts.forget_device(name)
+        if gone is None:
+            return as_json({"error": f"device {name!r} is not known", "field": "device"}, 404)
+        return as_json(gone)
 
     @app.get("/api/v1/alerts")
     async def alerts_api() -> Response:

@@ -158,6 +158,10 @@ class StatusService:
 
     # -- readings ----------------------------------------------------------------------------
 
+    def devices(self) -> list[dict[str, Any]]:
+        """Every tracked device, offline first."""
+        return self._devices(int(self.clock() * 1000))
+
     def _devices(self, now_ms: int) -> list[dict[str, Any]]:
         alerts = self.node.alerts
         if alerts is None:

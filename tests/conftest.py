@@ -4,6 +4,7 @@ PostgreSQL database, ClickHouse database, and unique organisation/node names).""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ def edge_config(tmp_path: Path, central: Central | None = None, **overrides: Any
         else:
             data[k] = v
     return EdgeConfig.from_mapping(data, env={})
+
+
+def jsonl(path: Path) -> list[Any]:
+    """The complete JSON lines of ``path`` ([] if absent): a writer may be mid-line."""
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().split("\n")[:-1] if x]
 
 
 async def wait_for(pred: Any, timeout: float = 20.0, interval: float = 0.05) -> None:

@@ -57,6 +57,8 @@ from .store import RecentStore
 log = logging.getLogger("fleet_edge.alerts")
 
 CENTRAL_HOOK = "central"
+#: the series of each known device's last-seen time (what DeviceOffline reads)
+LAST_SEEN = "fleet_edge_device_last_seen_timestamp_seconds"
 DELIVERED_RETENTION_MS = 7 * 86_400_000
 
 _SCHEMA = """
@@ -165,6 +167,9 @@ class AlertDB:
         self.conn.execute("UPDATE outbox SET attempts=attempts+1, next_ms=?, last_error=? "
                           "WHERE id=?", (next_ms, error[:2000], row_id))
 
+    def forget_device(self, device: str) -> None:
+        self.conn.execute("DELETE FROM devices WHERE device = ?", (device,))
+
     def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         cols = ("id", "hook", "status", "group_key", "created_ms", "attempts", "delivered_ms",
                 "last_error", "last_result")
@@ -186,7 +191,7 @@ def builtin_group(cfg: Any) -> RuleGroup:
     doc = {"groups": [{"name": "fleet-edge-builtin", "interval": f"{int(cfg.builtin_interval_s)}s",
                        "rules": [
         {"alert": "DeviceOffline",
-         "expr": f"time() - fleet_edge_device_last_seen_timestamp_seconds > "
+         "expr": f"time() - {LAST_SEEN} > "
                  f"{cfg.device_offline_after_s:g}",
          "labels": {"severity": "warning"},
          "annotations": {"summary": "device {{ $labels.device }} has sent nothing for "
@@ -374,10 +379,10 @@ class AlertService:
                 key = tuple(sorted([(NAME_LABEL, m.name),
                                     *zip(m.labelnames, labels, strict=True)]))
                 add(key, now, float(v))
-        name = "fleet_edge_device_last_seen_timestamp_seconds"
-        if self.wanted is None or name in self.wanted:
+        if self.wanted is None or LAST_SEEN in self.wanted:
             for dev, (site, t) in list(self.devices.items()):  # observe() may add meanwhile
-                add(((NAME_LABEL, name), (DEVICE_LABEL, dev), ("site", site)), now, t / 1000)
+                add(((NAME_LABEL, LAST_SEEN), (DEVICE_LABEL, dev), ("site", site)), now,
+                    t / 1000)
 
     # -- evaluation ---------------------------------------------------------------------------
 
@@ -614,6 +619,27 @@ class AlertService:
                 await self.save_snapshot()
             finally:
                 await self._db(self.db.close)
+
+    async def forget_device(self, device: str) -> dict[str, Any] | None:
+        """Stop tracking a decommissioned device (it is no longer offline; its DeviceOffline
+        alert resolves at the next evaluation). None if it is not known. Data it sends later
+        makes it known again."""
+        known = self.devices.pop(device, None)
+        if known is None:
+            return None
+        self._dirty.discard(device)
+
+        def drop() -> None:
+            with self._lock:
+                self.store.drop(LAST_SEEN, device=device)
+
+        if self.inline:
+            drop()
+        else:
+            await trio.to_thread.run_sync(drop, limiter=self.eval_limiter)
+        await self._db(self.db.forget_device, device)
+        log.info("device %s forgotten (last seen %s ms)", device, known[1])
+        return {"device": device, "site": known[0], "last_seen_ms": known[1]}
 
     async def recent_notifications(self, limit: int = 50) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await self._db(self.db.outbox, limit)

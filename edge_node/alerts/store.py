@@ -82,11 +82,21 @@ class RecentStore:
                 del s.vals[:i]
             if not s.ts:
                 empty.append(key)
-        for key in empty:
+        self._remove(empty)
+        return dropped
+
+    def drop(self, name: str, **labels: str) -> int:
+        """Forget the series named ``name`` whose labels include ``labels``; returns how many."""
+        gone = [s.labels for s in self.by_name.get(name, [])
+                if all(s.labels_map.get(k) == v for k, v in labels.items())]
+        self._remove(gone)
+        return len(gone)
+
+    def _remove(self, keys: Sequence[SeriesKey]) -> None:
+        for key in keys:
             s = self.series.pop(key)
             lst = self.by_name.get(s.labels_map.get(NAME_LABEL, ""), [])
             lst.remove(s)
-        return dropped
 
     def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int
                ) -> Iterable[tuple[Labels, Sequence[int], Sequence[float]]]:

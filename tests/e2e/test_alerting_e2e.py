@@ -13,6 +13,7 @@ import httpx
 import pytest
 import trio
 
+from tests.conftest import jsonl
 from tests.e2e.procs import Proc, edge_proc, free_port, write_edge_config
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +35,7 @@ with open(sys.argv[1], "a") as f:
 
 
 def _runs(path: Path, name: str = "DeviceOffline") -> list[dict]:
-    if not path.exists():
-        return []
-    return [r for r in (json.loads(x) for x in path.read_text().splitlines())
-            if r["name"] == name]
+    return [r for r in jsonl(path) if r["name"] == name]
 
 
 async def _report(client: httpx.AsyncClient, url: str, device: str) -> None:

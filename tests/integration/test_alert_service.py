@@ -17,7 +17,7 @@ from edge_node.alerts.service import AlertService, builtin_group
 from edge_node.config import AlertsConfig
 from edge_node.metrics import Registry
 from edge_node.model import IngestBatch
-from tests.conftest import Central
+from tests.conftest import Central, jsonl
 
 T0 = 1_795_839_600.0  # wall-clock seconds at virtual time 0
 
@@ -46,7 +46,7 @@ def log_hook(tmp: Path) -> HooksConfig:
 
 def notifications(tmp: Path) -> list[dict]:
     p = tmp / "alerts.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    return jsonl(p)
 
 
 async def test_device_offline_fires_within_threshold_plus_one_interval(
@@ -92,6 +92,29 @@ async def test_device_offline_fires_within_threshold_plus_one_interval(
     notes = notifications(tmp_path)
     assert [x["status"] for x in notes] == ["firing", "resolved"]
     assert notes[1]["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
+
+
+async def test_a_forgotten_device_is_no_longer_offline(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    svc = service(tmp_path, log_hook(tmp_path))
+    async with trio.open_nursery() as n:
+        await n.start(svc.run)
+        beat(svc, "old-cam")
+        while not notifications(tmp_path):  # old-cam was decommissioned: it goes offline
+            beat(svc, "fan-2")
+            await trio.sleep(30)
+        assert await svc.forget_device("nobody") is None
+        gone = await svc.forget_device("old-cam")
+        assert gone is not None and gone["device"] == "old-cam" and gone["site"] == "s1"
+        assert "old-cam" not in svc.devices
+        await trio.sleep(31)  # the next evaluation resolves it at once (no 5-minute lookback)
+        assert [x["status"] for x in notifications(tmp_path)] == ["firing", "resolved"]
+        assert svc.summary() == []
+        n.cancel_scope.cancel()
+    await svc.close()
+    svc2 = service(tmp_path, log_hook(tmp_path))  # forgotten for good, across a restart
+    assert set(svc2.devices) == {"fan-2"}
+    await svc2.close()
 
 
 async def test_a_failing_webhook_is_retried_until_delivered(
@@ -201,7 +224,7 @@ async def test_a_running_node_alerts_and_lists_them(tmp_path: Path, central: Cen
 
 
 def notifications_in(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return jsonl(path)
 
 
 def test_outbox_keeps_order_behind_a_retry(tmp_path: Path) -> None:

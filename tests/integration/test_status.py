@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import trio
 from edge_node import status as status_mod
 from edge_node.config import EdgeConfig
 from edge_node.node import PIDFILE, open_edge_node
-from tests.conftest import Central, edge_config, wait_for
+from tests.conftest import Central, edge_config, jsonl, wait_for
 
 
 def _ingest(device: str, value: float, protocol: str = "native") -> tuple[str, dict]:
@@ -57,6 +58,16 @@ async def test_status_document_host_metrics_and_readiness(
         assert devices["cam-1"] and devices["cam-2"] and devices["pump-1"]
         assert devices["edge-1"]  # the gateway reports as a device too
         assert doc["devices_total"] == 4 and doc["devices_online"] == 4
+        # forgetting a device: from the gateway itself only; an unknown one is a 404
+        r = await c.post(node.url + "/api/v1/devices/forget", json={"device": "pump-1"})
+        assert r.status_code == 200 and r.json()["device"] == "pump-1"
+        r = await c.post(node.url + "/api/v1/devices/forget", json={"device": "pump-1"})
+        assert r.status_code == 404 and "not known" in r.json()["error"]
+        r = await c.post(node.url + "/api/v1/devices/forget", json={"name": "x"})
+        assert r.status_code == 400 and r.json()["field"] == "device"
+        seen = (await c.get(node.url + "/api/v1/devices")).json()["devices"]
+        assert {d["device"] for d in seen} == {"cam-1", "cam-2", "edge-1"}
+        node.alerts.devices["pump-1"] = ("", int(time.time() * 1000))  # back, for below
         # a big site lists offline devices first and only so many (the counts cover all)
         node.alerts.devices["old-1"] = ("s1", 0)
         monkeypatch.setattr(status_mod, "DEVICES_LISTED", 2)
@@ -162,22 +173,25 @@ async def test_reload_rebuilds_alerting_and_keeps_its_state(tmp_path: Path,
     rules.write_text(RULES)
     hooks = tmp_path / "hooks.yml"
     hooks.write_text(f"hooks:\n- name: journal\n  type: log\n  path: {tmp_path / 'n.jsonl'}\n")
+    # the built-in rules stay off: only this file's alerts may notify
     cfg = edge_config(tmp_path, central, alerts={"rule_files": str(rules),
-                                                 "hooks_file": str(hooks)})
+                                                 "hooks_file": str(hooks),
+                                                 "builtin_rules": False})
     toml = tmp_path / "edge.toml"
     write_toml(cfg, toml)
 
     def notes() -> list[dict]:
-        p = tmp_path / "n.jsonl"
-        return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+        return jsonl(tmp_path / "n.jsonl")
 
     async with open_edge_node(cfg, config_path=str(toml)) as node, httpx.AsyncClient() as c:
         path, body = _ingest("boiler", 80.0)
         assert (await c.post(node.url + path, json=body)).status_code == 204
-        await wait_for(lambda: len(notes()) == 1)
+        await wait_for(lambda: len(notes()) >= 1)
+        assert len(notes()) == 1, notes()
         old = node.alerts
         assert old is not None
-        firing_since = old.summary()[0]["activeAt"]
+        (hot,) = old.summary()
+        firing_since = hot["activeAt"]
 
         # nothing changed: the service is left alone
         r = await node.reload()
@@ -194,7 +208,7 @@ async def test_reload_rebuilds_alerting_and_keeps_its_state(tmp_path: Path,
         assert hot["state"] == "firing" and hot["activeAt"] == firing_since
         evals = node.alerts.evaluations
         await wait_for(lambda: node.alerts is not None and node.alerts.evaluations >= evals + 3)
-        assert len(notes()) == 1
+        assert len(notes()) == 1, notes()
         # the new rule works, on data that arrives after the reload
         path, body = _ingest("freezer", -30.0)
         assert (await c.post(node.url + path, json=body)).status_code == 204
