@@ -167,3 +167,20 @@ async def test_status_watch_shows_the_backlog_drain(tmp_path: Path, procs: list[
     assert lines[0].startswith("backlog of ") and lines[-1] == "backlog drained"
     progress = [ln for ln in lines if ln.startswith("forwarded")]
     assert progress and "waiting            0" in progress[-1], out
+
+
+def test_devices_seen_and_forget(tmp_path: Path, procs: list[Proc]) -> None:
+    cfg, url = write_edge_config(tmp_path, "http://127.0.0.1:9", "k")
+    edge = edge_proc(tmp_path, cfg, url)
+    procs.append(edge)
+    edge.start()
+    for i in range(3):
+        _post(url, i)  # dev-0, dev-1, dev-2
+    out = cli("devices", "seen", "--config", str(cfg), check=True).stdout
+    assert all(f"dev-{i}" in out for i in range(3)) and "3 devices seen" in out
+    out = cli("devices", "forget", "dev-1", "--config", str(cfg), check=True).stdout
+    assert out.startswith("forgot dev-1 (last seen ")
+    r = cli("devices", "forget", "dev-1", "nobody", "--config", str(cfg))
+    assert r.returncode == 1 and "'dev-1' is not known" in r.stderr
+    assert "2 devices seen" in cli("devices", "seen", "--config", str(cfg), check=True).stdout
+    assert cli("devices", "frobnicate", "--config", str(cfg)).returncode == 2

@@ -194,3 +194,59 @@ def test_installed_executables_run(root: Path, env: dict[str, str], tmp_path: Pa
     for p, name in ((e, "edge"), (c, "central")):
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0, logs[name].read_text()
+
+
+def _run_script(script: Path, args: list[str], tmp: Path, *, user_exists: bool,
+                systemd: bool) -> list[str]:
+    """Run a maintainer script with every command it calls replaced by a recorder (the
+    machine is not touched); returns the calls, one line each."""
+    bin_dir = tmp / "fakebin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp / "calls.log"
+    log.write_text("")
+    for cmd in ("adduser", "install", "chgrp", "chmod", "systemctl", "rm", "getent"):
+        status = 0 if cmd != "getent" or user_exists else 2
+        (bin_dir / cmd).write_text(f'#!/bin/sh\necho "{cmd} $*" >> "{log}"\nexit {status}\n')
+        (bin_dir / cmd).chmod(0o755)
+    text = script.read_text()
+    if systemd:  # the scripts test for a running systemd with [ -d /run/systemd/system ]
+        text = text.replace("[ -d /run/systemd/system ]", "true")
+    else:
+        text = text.replace("[ -d /run/systemd/system ]", "false")
+    patched = tmp / script.name
+    patched.write_text(text)
+    out = subprocess.run(["sh", "-e", str(patched), *args], capture_output=True, text=True,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    return log.read_text().splitlines()
+
+
+def test_maintainer_scripts_create_the_user_and_never_delete_the_buffer(
+        dist: Path, tmp_path: Path) -> None:
+    deb = next(dist.glob("fleet-edge_*.deb"))
+    ctl = tmp_path / "ctl"
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(ctl)], check=True)
+    fresh = _run_script(ctl / "postinst", ["configure", ""], tmp_path, user_exists=False,
+                        systemd=True)
+    assert fresh[:2] == ["getent passwd fleet-edge",
+                         'adduser --system --group --home /var/lib/fleet-edge --no-create-home '
+                         '--gecos fleetd edge node for device fleets fleet-edge']
+    assert "install -d -o fleet-edge -g fleet-edge -m 0750 /var/lib/fleet-edge" in fresh
+    assert "chgrp fleet-edge /etc/fleet-edge/edge.toml" in fresh
+    assert "systemctl enable fleet-edge.service" in fresh
+    assert not any(c.startswith("systemctl start") for c in fresh)  # config first
+    upgrade = _run_script(ctl / "postinst", ["configure", "0.0.9"], tmp_path, user_exists=True,
+                          systemd=True)
+    assert not any(c.startswith("adduser") for c in upgrade)
+    assert "systemctl try-restart fleet-edge.service" in upgrade
+    no_systemd = _run_script(ctl / "postinst", ["configure", ""], tmp_path, user_exists=True,
+                             systemd=False)
+    assert not any(c.startswith("systemctl") for c in no_systemd)
+    assert _run_script(ctl / "prerm", ["remove"], tmp_path, user_exists=True,
+                       systemd=True) == ["systemctl stop fleet-edge.service",
+                                         "systemctl disable fleet-edge.service"]
+    purge = _run_script(ctl / "postrm", ["purge"], tmp_path, user_exists=True, systemd=True)
+    assert "rm -rf /var/cache/fleet-edge" in purge
+    assert not any("/var/lib/fleet-edge" in c for c in purge)  # the buffer stays
+    assert _run_script(ctl / "postrm", ["remove"], tmp_path, user_exists=True,
+                       systemd=True) == []
