@@ -4,6 +4,8 @@ A hooks file (YAML) says how alerts leave the box::
 
     route:
       group_by: [alertname, device]   # one notification per group (default: per alert)
+      group_wait: 30s                 # a new group waits this long for more alerts (default 0)
+      group_interval: 5m              # changes to a notified group go out this often (default 0)
       repeat_interval: 4h             # re-send for alerts still firing
     hooks:
       - name: siren
@@ -27,13 +29,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .rules import Alert
+from .rules import RESOLVED_RETENTION_MS, Alert
 
 HOOK_TYPES = ("exec", "webhook", "alertmanager", "log")
 _HOOK_KEYS = {"exec": {"name", "type", "command", "timeout"},
@@ -60,8 +63,14 @@ class Hook:
 
 @dataclass(frozen=True)
 class Route:
+    """Alertmanager's route timers, checked at each rule-group evaluation (so they act at the
+    granularity of the evaluation interval). Zero waits: notify at the evaluation that saw
+    the change."""
+
     group_by: tuple[str, ...] = ()      # empty: every alert is its own group
     repeat_interval_ms: int = 4 * 3600_000
+    group_wait_ms: int = 0
+    group_interval_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,9 @@ def parse_hooks(data: Any, source: str = "") -> HooksConfig:
     if not isinstance(r, Mapping):
         problems.append(f"{pre}route: must be a mapping")
     else:
-        for k in set(r) - {"group_by", "repeat_interval"}:
-            problems.append(f"{pre}route.{k}: unknown key (known: group_by, repeat_interval)")
+        known = ("group_by", "group_wait", "group_interval", "repeat_interval")
+        for k in set(r) - set(known):
+            problems.append(f"{pre}route.{k}: unknown key (known: {', '.join(known)})")
         gb = r.get("group_by", [])
         if not isinstance(gb, list) or not all(isinstance(x, str) for x in gb):
             problems.append(f"{pre}route.group_by: must be a list of label names")
@@ -98,7 +108,20 @@ def parse_hooks(data: Any, source: str = "") -> HooksConfig:
             if rep <= 0:
                 problems.append(f"{pre}route.repeat_interval: {r['repeat_interval']!r} is not a "
                                 "duration (e.g. 4h)")
-        route = Route(tuple(gb), rep)
+        waits = {}
+        # a group's resolved alerts are taken from the rules' state, which keeps them 15 min
+        for key, most in (("group_wait", 3600_000), ("group_interval", RESOLVED_RETENTION_MS)):
+            waits[key] = 0
+            if key in r:
+                text = str(r[key])
+                ms = parse_duration_ms(text)
+                if ms == 0 and not re.fullmatch(r"0+(ms|[smh])?", text):
+                    problems.append(f"{pre}route.{key}: {r[key]!r} is not a duration (e.g. 30s)")
+                elif ms > most:
+                    problems.append(f"{pre}route.{key}: at most {most // 60_000}m")
+                else:
+                    waits[key] = ms
+        route = Route(tuple(gb), rep, waits["group_wait"], waits["group_interval"])
     hooks: list[Hook] = []
     names: set[str] = set()
     raw = data.get("hooks") or []
@@ -115,7 +138,8 @@ def parse_hooks(data: Any, source: str = "") -> HooksConfig:
             problems.append(f"{w}.type: must be one of {', '.join(HOOK_TYPES)}")
             continue
         for k in set(h) - _HOOK_KEYS[kind]:
-            problems.append(f"{w}.{k}: unknown key for a {kind} hook (known: "
+            article = "an" if kind[0] in "aeiou" else "a"
+            problems.append(f"{w}.{k}: unknown key for {article} {kind} hook (known: "
                             f"{', '.join(sorted(_HOOK_KEYS[kind]))})")
         name = str(h.get("name") or f"{kind}-{i}")
         if name in names:

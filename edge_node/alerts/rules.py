@@ -373,6 +373,11 @@ class RuleEngine:
         return [a for st in self.states.values() for a in st.alerts.values()
                 if a.state in ("pending", "firing")]
 
+    def resolved(self) -> list[Alert]:
+        """Alerts resolved within the last ``RESOLVED_RETENTION_MS``."""
+        return [a for st in self.states.values() for a in st.alerts.values()
+                if a.state == "resolved"]
+
     # -- persistence ------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:

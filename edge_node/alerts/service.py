@@ -286,7 +286,8 @@ class AlertService:
         self.store = RecentStore(retention_ms=reach + 2 * LOOKBACK_MS, max_series=max_series)
         self.engine = RuleEngine(groups, self.store, {"node": node_id})
         self.devices: dict[str, tuple[str, int]] = {}
-        self.notified: dict[str, list[int]] = {}  # group key -> [last notified ms, repeat no]
+        # group key -> [last notified ms (0: never), repeat no, first unnotified change ms]
+        self.notified: dict[str, list[int]] = {}
         self.db = AlertDB(Path(data_dir) / "alerts.sqlite3")
         self.limiter = trio.CapacityLimiter(1)
         self._wakes: dict[str, trio.Event] = {}
@@ -298,7 +299,8 @@ class AlertService:
         self.eval_limiter = trio.CapacityLimiter(1)
         state, snap, devices = self.db.load()
         self.engine.load_state(state.get("engine", {}))
-        self.notified = {k: list(v) for k, v in state.get("notified", {}).items()}
+        # (saved before the route timers: [last, repeat])
+        self.notified = {k: [*v, 0][:3] for k, v in state.get("notified", {}).items()}
         self.devices = devices
         if snap:
             self._load_snapshot(snap)
@@ -451,30 +453,49 @@ class AlertService:
 
     def _notifications(self, events: list[Event], now: int
                        ) -> list[tuple[str, str, str, str, str]]:
-        """What to queue: the groups with transitions, and groups due for a repeat."""
+        """What to queue, by notification group, with Alertmanager's timers: a group with
+        a change waits ``group_wait`` from its first change if it was never notified, else
+        ``group_interval`` from its last notification; a group still firing with no change is
+        re-sent after ``repeat_interval``. A notification carries the group's firing alerts
+        and those resolved since its last one (or since its first change)."""
         route = self.hooks.route
-        by_group: dict[str, list[Alert]] = {}
-        changed: set[str] = set()
+        firing: dict[str, list[Alert]] = {}
         for a in self.engine.active():
             if a.state == "firing":
-                by_group.setdefault(group_key(a, route), []).append(a)
+                firing.setdefault(group_key(a, route), []).append(a)
+        notified = self.notified  # group -> [last notified ms (0: never), repeat no, changed ms]
         for e in events:
             g = group_key(e.alert, route)
-            changed.add(g)
-            if e.kind == "resolved":
-                by_group.setdefault(g, []).append(e.alert)
+            st = notified.setdefault(g, [0, 0, 0])
+            if not st[2]:
+                st[2] = now
         out: list[tuple[str, str, str, str, str]] = []
-        for g, alerts in by_group.items():
-            last = self.notified.get(g)
-            repeat = 0
-            if g not in changed:
-                if last is None or now - last[0] < route.repeat_interval_ms:
+        resolved: dict[str, list[Alert]] | None = None
+        for g in sorted(set(firing) | {g for g, st in notified.items() if st[2]}):
+            last, repeat, changed = notified.get(g) or (0, 0, 0)
+            if changed:
+                wait_from, wait = ((last, route.group_interval_ms) if last
+                                   else (changed, route.group_wait_ms))
+                if now - wait_from < wait:
                     continue
-                repeat = last[1] + 1
-            firing = any(a.state == "firing" for a in alerts)
-            self.notified[g] = [now, repeat]
-            if not firing:
-                self.notified.pop(g, None)
+                repeat = 0
+            elif last and g in firing and now - last >= route.repeat_interval_ms:
+                repeat += 1
+            else:
+                continue
+            if resolved is None:
+                resolved = {}
+                for a in self.engine.resolved():
+                    resolved.setdefault(group_key(a, route), []).append(a)
+            since = last or changed
+            alerts = [*firing.get(g, []),
+                      *(a for a in resolved.get(g, []) if a.resolved_at_ms >= since)]
+            if g in firing:
+                notified[g] = [now, repeat, 0]
+            else:
+                notified.pop(g, None)  # all resolved: the group ends with this notification
+            if not alerts:
+                continue
             for h in self.hooks.hooks:
                 payload = webhook_payload(g, alerts, h.name)
                 out.append((h.name, dedup_key(h.name, g, alerts, repeat), g, payload["status"],

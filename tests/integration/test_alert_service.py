@@ -117,6 +117,54 @@ async def test_a_forgotten_device_is_no_longer_offline(
     await svc2.close()
 
 
+async def test_group_wait_and_group_interval_batch_notifications(
+        tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    hooks = parse_hooks({"route": {"group_by": ["alertname"], "group_wait": "60s",
+                                   "group_interval": "5m"},
+                         "hooks": [{"name": "journal", "type": "log",
+                                    "path": str(tmp_path / "alerts.jsonl")}]})
+    svc = service(tmp_path, hooks)
+    silent: set[str] = set()
+
+    async def report(seconds: float) -> None:
+        for _ in range(int(seconds // 10)):
+            for dev in ("pump-1", "pump-2", "pump-3", "fan"):
+                if dev not in silent:
+                    beat(svc, dev)
+            await trio.sleep(10)
+
+    async with trio.open_nursery() as n:
+        await n.start(svc.run)
+        await report(60)
+        t0 = trio.current_time()
+        silent.add("pump-1")
+        await report(20)
+        silent.add("pump-2")  # offline 20 s later: inside pump-1's group_wait
+        await report(180)
+        silent.add("pump-3")  # much later: after the first notification
+        await report(900)
+        silent.discard("pump-1")  # back
+        await report(600)
+        n.cancel_scope.cancel()
+    queued = sorted(r["created_ms"] for r in await svc.recent_notifications()
+                    if r["hook"] == "journal")
+    await svc.close()
+    notes = notifications(tmp_path)
+    got = [(n["status"], sorted((a["labels"]["device"], a["status"]) for a in n["alerts"]))
+           for n in notes]
+    # one notification for the two that went offline together, one when pump-3 joined (not
+    # before group_interval), one when pump-1 came back (with the others still firing)
+    assert got == [
+        ("firing", [("pump-1", "firing"), ("pump-2", "firing")]),
+        ("firing", [("pump-1", "firing"), ("pump-2", "firing"), ("pump-3", "firing")]),
+        ("firing", [("pump-1", "resolved"), ("pump-2", "firing"), ("pump-3", "firing")]),
+    ]
+    times = [ms / 1000 - T0 - t0 for ms in queued]
+    assert 300 + 60 <= times[0] <= 300 + 60 + 30 + 10  # threshold + group_wait (+ tick, gap)
+    assert times[1] - times[0] >= 300  # group_interval
+    assert times[2] - times[1] >= 300
+
+
 async def test_a_failing_webhook_is_retried_until_delivered(
         tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     received: list[dict] = []

@@ -307,3 +307,33 @@ def test_recent_store_keeps_one_sample_per_timestamp_in_order(
         return
     s = store.series[key]
     assert s.ts == sorted(first) and s.vals == [first[t] for t in sorted(first)]
+
+
+def test_hooks_file_route_timers_and_every_problem_named() -> None:
+    from edge_node.alerts.notify import HooksError, parse_hooks
+
+    cfg = parse_hooks({"route": {"group_by": ["alertname"], "group_wait": "30s",
+                                 "group_interval": "5m", "repeat_interval": "2h"},
+                       "hooks": [{"name": "siren", "type": "exec", "command": ["/bin/true"]}]})
+    assert (cfg.route.group_wait_ms, cfg.route.group_interval_ms,
+            cfg.route.repeat_interval_ms) == (30_000, 300_000, 7_200_000)
+    assert parse_hooks({"route": {"group_wait": "0s"}}).route.group_wait_ms == 0
+    assert parse_hooks({}).route.group_interval_ms == 0  # default: notify at once
+    with pytest.raises(HooksError) as err:
+        parse_hooks({"route": {"group_wait": "soon", "group_interval": "20m", "wait": 1},
+                     "hooks": [{"type": "pager"}, {"type": "webhook", "url": "ftp://x"},
+                               {"type": "exec", "command": [], "retries": 3},
+                               {"name": "a", "type": "log", "path": "/tmp/a"},
+                               {"name": "a", "type": "log", "path": "/tmp/b"}]}, "hooks.yml")
+    assert sorted(err.value.problems) == sorted([
+        "hooks.yml: route.group_wait: 'soon' is not a duration (e.g. 30s)",
+        "hooks.yml: route.group_interval: at most 15m",
+        "hooks.yml: route.wait: unknown key (known: group_by, group_wait, group_interval, "
+        "repeat_interval)",
+        "hooks.yml: hooks[0].type: must be one of exec, webhook, alertmanager, log",
+        "hooks.yml: hooks[1].url: must be an http:// or https:// URL",
+        "hooks.yml: hooks[2].retries: unknown key for an exec hook (known: command, name, "
+        "timeout, type)",
+        "hooks.yml: hooks[2].command: must be a command (a list: program and arguments)",
+        "hooks.yml: hooks[4].name: duplicate hook name 'a'",
+    ])
