@@ -71,6 +71,7 @@ class EdgeNode:
     stop_event: trio.Event = field(default_factory=trio.Event)
     _nursery: trio.Nursery | None = None
     _alerts_scope: trio.CancelScope | None = None
+    _alerts_done: trio.Event = field(default_factory=trio.Event)
     _alert_inputs: bytes = b""
     _host_scope: trio.CancelScope | None = None
     _scrape_scope: trio.CancelScope | None = None  # the running scraper's
@@ -103,10 +104,14 @@ class EdgeNode:
         if svc is None or self._nursery is None:
             return
         scope = self._alerts_scope = trio.CancelScope()
+        done = self._alerts_done = trio.Event()
 
         async def run(*, task_status: trio.TaskStatus[None]) -> None:
-            with scope:
-                await svc.run(task_status=task_status)
+            try:
+                with scope:
+                    await svc.run(task_status=task_status)
+            finally:
+                done.set()
 
         await self._nursery.start(run)
 
@@ -116,6 +121,7 @@ class EdgeNode:
             return
         if self._alerts_scope is not None:
             self._alerts_scope.cancel()
+            await self._alerts_done.wait()  # its tasks are out before its database closes
         if svc.observe in self.buffer.observers:
             self.buffer.observers.remove(svc.observe)
         await svc.close()
@@ -381,9 +387,9 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             await buffer.close()
             with trio.CancelScope(shield=True):
                 await node.status.save()
-            async with node._reload_lock:  # not while a reload swaps the alert service
-                if node.alerts is not None:
-                    await node.alerts.close()
+            with trio.CancelScope(shield=True):
+                async with node._reload_lock:  # not while a reload swaps the alert service
+                    await node._stop_alerts()  # its tasks end, then its state is saved
             app.ingest.devices.close()
             nursery.cancel_scope.cancel()
     finally:
