@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple
 
 import trio
 
@@ -182,9 +182,17 @@ class BufferService:
             self._register_aggregation_metrics(self.registry)
 
     def _register_aggregation_metrics(self, r: Registry) -> None:
+        cached: list[Any] = [0.0, None, []]  # (when, stage, summary): one per scrape
+
+        def summary() -> list[dict[str, Any]]:
+            now = time.monotonic()
+            if cached[1] is not self.stage or now - cached[0] > 1.0:
+                cached[:] = [now, self.stage, self.stage.summary() if self.stage else []]
+            out: list[dict[str, Any]] = cached[2]
+            return out
+
         def per_rule(field: str) -> Callable[[], dict[tuple[str, ...], float]]:
-            return lambda: {(s["name"],): float(s[field])
-                            for s in (self.stage.summary() if self.stage else [])}
+            return lambda: {(s["name"],): float(s[field]) for s in summary()}
 
         r.gauge("aggregate_samples", "Samples stream aggregation took into windows (since the "
                 "rule was created).", ("rule",), callback=per_rule("samples"))
