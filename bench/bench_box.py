@@ -71,9 +71,6 @@ async def status_and_reload(tmp: Path) -> None:
                     f'[aggregate]\nrules_file = "{rules}"\n[host]\nenabled = false\n')
     async with open_edge_node(cfg, config_path=str(toml)) as node, httpx.AsyncClient() as c:
         assert node.alerts is not None
-        now = int(time.time() * 1000)
-        for d in range(10_000):
-            node.alerts.devices[f"dev-{d:04d}"] = (f"site-{d % 20}", now - (d % 7) * 60_000)
         st = node.status
         t = time.time() - 720 * 30
         for i in range(720):
@@ -85,6 +82,11 @@ async def status_and_reload(tmp: Path) -> None:
                     for d in range(chunk * 1000, (chunk + 1) * 1000)]
             assert (await c.post(node.url + "/api/v1/ingest", json=body)).status_code == 204
         await node.buffer.roll_now()
+        now = int(time.time() * 1000)
+        for d in range(10_000):  # 2 in 7 silent for 5-6 minutes: offline
+            node.alerts.devices[f"dev-{d:04d}"] = (f"site-{d % 20}", now - (d % 7) * 60_000)
+        for group in node.alerts.groups:  # the offline devices' alerts, as after 30 s
+            await node.alerts.evaluate(group)
         times = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -92,8 +94,9 @@ async def status_and_reload(tmp: Path) -> None:
             times.append(time.perf_counter() - t0)
         size = len(json.dumps(doc))
         r = await c.get(node.url + "/api/v1/status")
-        print(f"status document: {doc['devices_total']:,} devices ({len(doc['devices'])} listed), {len(doc['history']['t'])} chart "
-              f"points x {len(doc['figures'])} figures: built in "
+        print(f"status document: {doc['devices_total']:,} devices ({len(doc['devices'])} listed), "
+              f"{doc['alerts_firing']:,} alerts firing ({len(doc['alerts'])} listed), "
+              f"{len(doc['history']['t'])} chart points x {len(doc['figures'])} figures: built in "
               f"{statistics.median(times) * 1e3:.1f} ms (median of 20), {size / 1e3:.0f} kB JSON "
               f"({len(r.content) / 1e3:.0f} kB over HTTP)")
         series = sum(s["series"] for s in node.buffer.stage.summary()) if node.buffer.stage else 0

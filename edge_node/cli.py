@@ -362,10 +362,12 @@ def _status(args: argparse.Namespace) -> int:
         print(f"protocol  {p['protocol']:<16} {_rate(p['rows_per_s']):>10} rows/s "
               f"{p['rows_total']:>14,.0f} total")
     firing = [a for a in doc["alerts"] if a["state"] == "firing"]
-    print(f"alerts    {len(firing)} firing, {len(doc['alerts']) - len(firing)} pending"
+    print(f"alerts    {doc['alerts_firing']} firing, {doc['alerts_pending']} pending"
           + "".join(f"\n          {a['labels'].get('alertname', '')} "
                     + ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items())
-                                if k != "alertname") for a in firing))
+                                if k != "alertname") for a in firing[:10])
+          + (f"\n          ... ({doc['alerts_firing'] - 10} more: fleet-edge alerts)"
+             if doc["alerts_firing"] > 10 else ""))
     h = doc["host"]
     if h:
         temps = ", ".join(f"{t['sensor']} {t['celsius']:.0f} C" for t in h["temperatures"][:4])

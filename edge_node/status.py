@@ -46,6 +46,8 @@ SAVE_EVERY_S = 300.0
 #: devices listed in the status document: offline ones first, then online ones (the counts
 #: cover all); the page refreshes every 5 s, so a 10,000-device site must not send them all
 DEVICES_LISTED = 300
+#: alerts listed (firing first; the counts cover all)
+ALERTS_LISTED = 100
 
 
 @dataclass
@@ -255,6 +257,9 @@ class StatusService:
         in_rate = self.history.latest("ingest_rows_per_s")
         out_rate = self.history.latest("forward_rows_per_s")
         dead = await buf.run(buf.store.dead_letters)
+        # firing first: a site-wide outage can make thousands of DeviceOffline alerts
+        alerts = sorted(node.alerts.summary() if node.alerts is not None else [],
+                        key=lambda a: a["state"] != "firing")
         host = node.host
         doc: dict[str, Any] = {
             "node_id": cfg.node_id, "version": __version__, "now": now,
@@ -279,7 +284,9 @@ class StatusService:
                         "acked_total": reg.value("acked_total"),
                         "errors_total": reg.value("forward_errors_total"),
                         "drain_eta_s": drain_eta(pending, in_rate, out_rate)},
-            "alerts": node.alerts.summary() if node.alerts is not None else [],
+            "alerts": alerts[:ALERTS_LISTED],
+            "alerts_firing": sum(a["state"] == "firing" for a in alerts),
+            "alerts_pending": sum(a["state"] == "pending" for a in alerts),
             "dead_letters": dead[-10:],
             "host": _host_summary(host),
             "history": self.history.series(),

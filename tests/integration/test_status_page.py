@@ -118,6 +118,7 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
         for dev in ("pump-1", "cam-2", "edge-1"):
             assert f"{dev} plant-7 online" in text or f"{dev} online" in text, dev
         assert "PumpHot" in text and "firing" in text
+        assert re.search(r"Alerts firing\s+2\s+0 pending", text), text[:600]
         assert "native" in text  # ingest by protocol
         assert "Gateway CPU" in text and "Memory used" in text
         assert '<span id="error"></span>' in dom  # the page reached the node
