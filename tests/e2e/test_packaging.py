@@ -7,6 +7,7 @@ against the unpacked tree."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,14 @@ def test_units_pass_systemd_analyze_verify(root: Path, tmp_path: Path) -> None:
                             f"/lib/systemd/system/{name}.service"],
                            capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout + r.stderr == "", r.stdout + r.stderr
+    # the sandbox, as systemd rates it (0 = fully locked down, 10 = exposed; 9.6 with no
+    # hardening at all): no directive may silently go
+    for name in ("fleet-edge", "fleet-central"):
+        r = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={tree}",
+                            f"/lib/systemd/system/{name}.service"], capture_output=True,
+                           text=True)
+        level = re.search(r"Overall exposure level for [\w.-]+: ([\d.]+)", r.stdout)
+        assert level and float(level.group(1)) <= 3.5, r.stdout[-500:]
     # and it does check: a missing executable fails
     (tree / "usr/bin/fleet-edge").unlink()
     r = subprocess.run(["systemd-analyze", "verify", f"--root={tree}",
