@@ -337,6 +337,9 @@ def _status(args: argparse.Namespace) -> int:
     ready = "ready" if not doc["not_ready"] else "NOT READY: " + "; ".join(doc["not_ready"])
     print(f"node {doc['node_id']} (fleet-edge {doc['version']}), up {_dur(doc['uptime_s'])}: "
           f"{ready}")
+    if doc["clock_synchronized"] is False:
+        print("clock     NOT synchronized (no NTP sync yet): rows stamped at receive time may "
+              "carry a wrong time")
     c = doc["central"]
     print(f"central   {c['url']}: " + ("connected" if c["connected"] else
                                        f"unreachable ({c['last_error'] or 'no exchange yet'})"))

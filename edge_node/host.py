@@ -14,6 +14,9 @@ psutil; :class:`HostCollector` is the Trio loop.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import os
 import time
@@ -45,6 +48,7 @@ class HostReadings:
     temperatures: list[tuple[str, str, float]] = field(default_factory=list)  # chip, sensor, C
     battery: dict[str, float] | None = None  # percent, plugged (1/0)
     boot_time: float | None = None
+    clock_synced: bool | None = None  # the kernel's NTP sync state (None: unknown)
     process: dict[str, float] = field(default_factory=dict)  # the node's own process
 
 
@@ -89,9 +93,34 @@ def host_samples(r: HostReadings, base: dict[str, str]
         add("node_power_supply_online", r.battery["plugged"])
     if r.boot_time is not None:
         add("node_boot_time_seconds", r.boot_time)
+    if r.clock_synced is not None:
+        add("node_timex_sync_status", 1.0 if r.clock_synced else 0.0)
     for key, value in sorted(r.process.items()):
         add(f"fleet_edge_process_{key}", value)
     return out
+
+
+#: adjtimex(2)'s answer when the clock is not synchronized (STA_UNSYNC)
+_TIME_ERROR = 5
+
+
+@functools.cache
+def _adjtimex() -> Any:
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name, use_errno=True), "adjtimex", None) if name else None
+
+
+def clock_synchronized() -> bool | None:
+    """Whether the kernel has the clock synchronized (an NTP client such as chrony or
+    systemd-timesyncd marks it so); None where adjtimex(2) is not available. A gateway without
+    a battery-backed clock boots with a wrong time until it is: receive-time stamps are then
+    wrong."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
+        return None
+    buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: only read
+    state = int(adjtimex(buf))
+    return None if state < 0 else state != _TIME_ERROR
 
 
 def _sensor_labels(temps: dict[str, list[Any]]) -> list[tuple[str, str, float]]:
@@ -152,6 +181,7 @@ def read_host(paths: list[str], proc: psutil.Process | None = None) -> HostReadi
         if b is not None:
             r.battery = {"percent": float(b.percent), "plugged": float(bool(b.power_plugged))}
     r.boot_time = psutil.boot_time()
+    r.clock_synced = clock_synchronized()
     if proc is not None:
         with proc.oneshot():
             t = proc.cpu_times()

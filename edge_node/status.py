@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from . import __version__
+from .host import clock_synchronized
 
 log = logging.getLogger("fleet_edge.status")
 
@@ -149,6 +150,11 @@ class StatusService:
         self._saved = self.started
         self._protocols: tuple[float, dict[str, float]] | None = None
         self.protocol_rates: dict[str, float] = {}
+        if clock_synchronized() is not None:  # Linux
+            node.registry.gauge(
+                "clock_synchronized", "1 when the kernel has the clock synchronized (NTP), 0 "
+                "when not: receive-time stamps may then be wrong.",
+                callback=lambda: float(bool(clock_synchronized())))
         node.registry.gauge(
             "devices", "Devices known to local alerting, online or offline (last seen within "
             "alerts.device_offline_after_s).", ("state",), callback=self._device_counts)
@@ -289,6 +295,8 @@ class StatusService:
             "alerts_pending": sum(a["state"] == "pending" for a in alerts),
             "dead_letters": dead[-10:],
             "host": _host_summary(host),
+            # None: unknown (no adjtimex); False: timestamps the node gives may be wrong
+            "clock_synchronized": await trio.to_thread.run_sync(clock_synchronized),
             "history": self.history.series(),
             "figures": {k: {"title": t, "unit": u} for k, (t, u) in FIGURES.items()},
             "last_reload": node.last_reload,

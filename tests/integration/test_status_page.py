@@ -122,6 +122,9 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
         assert "native" in text  # ingest by protocol
         assert "Gateway CPU" in text and "Memory used" in text
         assert '<span id="error"></span>' in dom  # the page reached the node
+        synced = (await c.get(node.url + "/api/v1/status")).json()["clock_synchronized"]
+        clock_pill = re.search(r'<span id="clock"[^>]*>', dom)
+        assert clock_pill and ("hidden" in clock_pill.group(0)) == (synced is not False)
         assert dom.count('data-figure="') == 8
         assert dom.count("<path ") >= 6  # charts with lines (ingest, buffer, devices, ...)
 

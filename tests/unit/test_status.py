@@ -105,6 +105,9 @@ def test_host_samples_use_node_exporter_names_and_the_gateway_labels() -> None:
     assert got[key("node_hwmon_temp_celsius", chip="coretemp", sensor="Package id 0")] == 51.0
     assert got[key("node_power_supply_capacity")] == 80.0
     assert got[key("fleet_edge_process_cpu_seconds_total")] == 2.5
+    r.clock_synced = False
+    assert ({"device": "gw-1", "role": "gateway", "__name__": "node_timex_sync_status"}, 0.0
+            ) in host_samples(r, {"device": "gw-1", "role": "gateway"})
     # nothing is reported that was not read (a VM has no temperatures, no battery)
     assert host_samples(HostReadings(), {"device": "gw"}) == []
 
