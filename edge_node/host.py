@@ -197,14 +197,22 @@ class HostCollector:
 
     def __init__(self, buffer: Any, device: str, paths: list[str], interval_s: float) -> None:
         self.buffer = buffer
-        self.base = {DEVICE_LABEL: device, "role": "gateway"}
+        self.configure(device, interval_s)
         self.paths = paths
-        self.interval_s = interval_s
         self.proc = psutil.Process()
         self.last: HostReadings | None = None
-        self.written = 0  # samples committed to the buffer
         self.cpu_percent = 0.0
         self._prev_cpu: tuple[float, float] | None = None  # (busy, total) seconds
+
+    def configure(self, device: str, interval_s: float) -> None:
+        """New settings (a reload), from the next reading on."""
+        self.base = {DEVICE_LABEL: device, "role": "gateway"}
+        self.interval_s = interval_s
+
+    @property
+    def memory_used_percent(self) -> float | None:
+        mem = self.last.memory if self.last is not None else {}
+        return 100 * (1 - mem["available"] / mem["total"]) if mem.get("total") else None
 
     def batch(self, r: HostReadings, now_ms: int) -> IngestBatch:
         b = IngestBatch()
@@ -226,9 +234,7 @@ class HostCollector:
         r = await trio.to_thread.run_sync(read_host, self.paths, self.proc)
         self._note_cpu(r)
         self.last = r
-        batch = self.batch(r, time.time_ns() // 1_000_000)
-        await self.buffer.write(batch)
-        self.written += batch.n_samples
+        await self.buffer.write(self.batch(r, time.time_ns() // 1_000_000))
 
     async def run(self) -> None:
         while True:

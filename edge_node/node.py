@@ -14,7 +14,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -127,6 +127,18 @@ class EdgeNode:
         await svc.close()
         self.alerts = None
 
+    def _spawn(self, run: Callable[[], Awaitable[None]]) -> trio.CancelScope:
+        """Run ``run()`` in the node's nursery, in a scope of its own (to stop just it)."""
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+
+        async def scoped() -> None:
+            with scope:
+                await run()
+
+        self._nursery.start_soon(scoped)
+        return scope
+
     def _start_scraper(self) -> None:
         """Run the scraper while it has targets (started, or stopped, by a reload too); a
         running one keeps going, with the new settings from its next round."""
@@ -139,37 +151,25 @@ class EdgeNode:
                 running.cancel()
                 self._scrape_scope = None
             return
-        if running is not None:
-            return
-        scope = self._scrape_scope = trio.CancelScope()
-
-        async def run() -> None:
-            with scope:
-                await scraper.run()
-
-        self._nursery.start_soon(run)
+        if running is None:
+            self._scrape_scope = self._spawn(scraper.run)
 
     def _start_host(self) -> None:
+        """Collect the host's metrics per ``[host]`` (started, stopped or changed by a reload
+        too: a running collector keeps its CPU baseline and takes the new settings)."""
         cfg = self.cfg
-        if self._host_scope is not None:
-            self._host_scope.cancel()
-            self._host_scope = None
         if not cfg.host.enabled or self._nursery is None:
+            if self._host_scope is not None:
+                self._host_scope.cancel()
+                self._host_scope = None
             self.host = None
             return
-        host = HostCollector(self.buffer, cfg.host.device or cfg.node_id,
-                             [cfg.data_dir, "/"], cfg.host.interval_s)
-        if self.host is not None:  # keep the CPU baseline and the last reading
-            host.last, host.cpu_percent = self.host.last, self.host.cpu_percent
-            host._prev_cpu, host.written = self.host._prev_cpu, self.host.written
-        self.host = host
-        scope = self._host_scope = trio.CancelScope()
-
-        async def run() -> None:
-            with scope:
-                await host.run()
-
-        self._nursery.start_soon(run)
+        device = cfg.host.device or cfg.node_id
+        if self.host is not None:
+            self.host.configure(device, cfg.host.interval_s)
+            return
+        self.host = HostCollector(self.buffer, device, [cfg.data_dir, "/"], cfg.host.interval_s)
+        self._host_scope = self._spawn(self.host.run)
 
     # -- reload --------------------------------------------------------------------------------
 

@@ -190,19 +190,17 @@ class StatusService:
         reg = self.node.registry
         buf = self.node.buffer
         st = buf.stats_cache
-        now_ms = int(self.clock() * 1000)
         out = {"ingest_rows_per_s": reg.value("ingested_total"),
                "forward_rows_per_s": reg.value("acked_total"),
                "pending_rows": float(sum(st.pending.values())),
                "backlog_age_s": buf.backlog_age(),
                "buffer_bytes": float(st.used_bytes),
-               "devices_online": float(sum(d["online"] for d in self._devices(now_ms)))}
+               "devices_online": self._device_counts()[("online",)]}
         host = self.node.host
         if host is not None and host.last is not None:
             out["cpu_percent"] = host.cpu_percent
-            mem = host.last.memory
-            if mem.get("total"):
-                out["memory_used_percent"] = 100 * (1 - mem["available"] / mem["total"])
+            if (mem := host.memory_used_percent) is not None:
+                out["memory_used_percent"] = mem
         return out
 
     def _note_protocols(self, t: float) -> None:
@@ -309,12 +307,10 @@ def _host_summary(host: Any) -> dict[str, Any] | None:
     if host is None or host.last is None:
         return None
     r = host.last
-    mem = r.memory
     return {"device": host.base["device"], "cpu_percent": host.cpu_percent,
-            "memory_used_percent": (100 * (1 - mem["available"] / mem["total"])
-                                    if mem.get("total") else None),
+            "memory_used_percent": host.memory_used_percent,
             "load1": r.load[0] if r.load else None,
-            "filesystems": {m: fs for m, fs in r.filesystems.items()},
+            "filesystems": dict(r.filesystems),
             "temperatures": [{"chip": c, "sensor": s, "celsius": v}
                              for c, s, v in r.temperatures]}
 

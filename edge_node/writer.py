@@ -97,7 +97,7 @@ class BufferService:
             "stream-aggregation rollups already summarise them.")
         self.registry = r
         if self.stage is not None:
-            self._register_aggregation_metrics(r)
+            self._register_aggregation_metrics()
         self.stats_cache = store.stats()
         self.m_compacted.inc(self.stats_cache.counters.get("compacted_metrics", 0))
         for kind in KINDS:
@@ -179,9 +179,10 @@ class BufferService:
 
         await self.run(swap)
         if self.stage is not None:
-            self._register_aggregation_metrics(self.registry)
+            self._register_aggregation_metrics()
 
-    def _register_aggregation_metrics(self, r: Registry) -> None:
+    def _register_aggregation_metrics(self) -> None:
+        r = self.registry
         cached: list[Any] = [0.0, None, []]  # (when, stage, summary): one per scrape
 
         def summary() -> list[dict[str, Any]]:

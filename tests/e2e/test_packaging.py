@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from edge_node import __version__
-from tests.e2e.procs import free_port
+from tests.e2e.procs import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -141,19 +141,6 @@ def running(root: Path, env: dict[str, str], tmp_path: Path) -> Iterator[list[su
             p.wait()
 
 
-def _healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the process exited"
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} never became healthy")
-
-
 def test_installed_executables_run(root: Path, env: dict[str, str], tmp_path: Path,
                                    running: list[subprocess.Popen]) -> None:
     edge = str(root / "usr/bin/fleet-edge")
@@ -177,7 +164,7 @@ def test_installed_executables_run(root: Path, env: dict[str, str], tmp_path: Pa
         c = subprocess.Popen([central, "run", "--listen", f"127.0.0.1:{cport}", "--data-dir",
                               str(cdata)], env=env, stderr=log)
     running.append(c)
-    _healthy(f"http://127.0.0.1:{cport}", c)
+    wait_healthy(f"http://127.0.0.1:{cport}", c, logs["central"], timeout=60)
     edge_env = {**env, "FLEET_EDGE_DATA_DIR": str(tmp_path / "edge"),
                 "FLEET_EDGE_LISTEN": f"127.0.0.1:{eport}",
                 "FLEET_EDGE_CENTRAL_URL": f"http://127.0.0.1:{cport}",
@@ -186,7 +173,7 @@ def test_installed_executables_run(root: Path, env: dict[str, str], tmp_path: Pa
         e = subprocess.Popen([edge, "run", "--config", str(conf)], env=edge_env, stderr=log)
     running.append(e)
     url = f"http://127.0.0.1:{eport}"
-    _healthy(url, e)
+    wait_healthy(url, e, logs["edge"], timeout=60)
     r = httpx.post(url + "/api/v1/ingest", json={"device_id": "pump-1", "metrics": [
         {"name": "temp", "value": 21.5}]})
     assert r.status_code == 204

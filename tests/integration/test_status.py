@@ -250,3 +250,28 @@ async def test_a_reload_that_fails_part_way_keeps_the_node_running(
         r = await node.reload()
         assert r["ok"] and "aggregate" in r["applied"]
         assert node.buffer.stage is not None and len(node.buffer.stage.rules) == 1
+
+
+async def test_reload_starts_retunes_and_stops_the_host_collector(tmp_path: Path,
+                                                                  central: Central) -> None:
+    cfg = edge_config(tmp_path, central)  # [host] off
+    toml = tmp_path / "edge.toml"
+    write_toml(cfg, toml)
+
+    def host(**over: object) -> EdgeConfig:
+        return dataclasses.replace(cfg, host=dataclasses.replace(cfg.host, **over))
+
+    async with open_edge_node(cfg, config_path=str(toml)) as node:
+        assert node.host is None
+        write_toml(host(enabled=True, interval_s=1.0), toml)
+        assert (await node.reload())["applied"] == ["host"]
+        collector = node.host
+        assert collector is not None
+        await wait_for(lambda: collector.last is not None)
+        write_toml(host(enabled=True, interval_s=2.0, device="gw-renamed"), toml)
+        assert (await node.reload())["applied"] == ["host"]
+        assert node.host is collector  # the same collector, retuned: its CPU baseline stays
+        assert (collector.interval_s, collector.base["device"]) == (2.0, "gw-renamed")
+        write_toml(cfg, toml)
+        assert (await node.reload())["applied"] == ["host"]
+        assert node.host is None and node._host_scope is None
