@@ -19,7 +19,7 @@ import trio
 import trio_asyncio
 
 from edge_node import __version__
-from edge_node.cli import startup_error, stop_on_signal, tune_gc
+from edge_node.process import startup_error, stop_on_signal, tune_gc
 
 from .backends import build_pipeline, clickhouse, state_store
 from .config import BACKEND_VARS, Settings

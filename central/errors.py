@@ -3,7 +3,6 @@
 The tree::
 
     CentralError
-    ├── AuthError          401/403: unknown, revoked or mismatched node key
     ├── MissingSeries      409: the batch references series central has no definition for
     ├── SinkUnavailable    503: a backend is down or slow; the edge keeps the batch and retries
     ├── SinkRejected       422: a backend refused the data for good (4xx); the edge dead-letters
@@ -19,12 +18,6 @@ from __future__ import annotations
 
 class CentralError(Exception):
     """Base class of central's deliberate errors."""
-
-
-class AuthError(CentralError):
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 class MissingSeries(CentralError):

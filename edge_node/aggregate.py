@@ -56,8 +56,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .errors import RuleError, SelectorError
 from .model import NAME_LABEL, SeriesKey
-from .selector import Selector, SelectorError, parse_selector
+from .selector import Selector, parse_selector
 from .sketch import DEFAULT_RELATIVE_ERROR, MIN_NORMAL, DDSketch, bucket_keys
 
 I64 = npt.NDArray[np.int64]
@@ -86,14 +87,6 @@ STATE_VERSION = 1
 _KEY_BITS = 24
 _KEY_OFFSET = 1 << 23
 _KEY_MASK = (1 << _KEY_BITS) - 1
-
-
-class RuleError(ValueError):
-    """An invalid aggregation rule; ``key`` names the rule and field (``rules[2].outputs``)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
 
 
 def parse_duration(text: str) -> int:

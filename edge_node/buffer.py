@@ -45,7 +45,7 @@ import msgpack
 import numpy as np
 import zstandard
 
-from .errors import BufferError_
+from .errors import BufferFailure
 from .model import IngestBatch, SeriesKey
 from .wire import KINDS, LINE_KINDS, VALUE_KINDS, Columns, decode_segment, encode_segment
 
@@ -239,7 +239,7 @@ class Store:
             if "summarised" not in cols:  # a buffer made before stream aggregation
                 c.execute("ALTER TABLE segments ADD COLUMN summarised INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
-            raise BufferError_(f"cannot open buffer {self.path}: {exc}") from exc
+            raise BufferFailure(f"cannot open buffer {self.path}: {exc}") from exc
         self._labels: dict[int, SeriesKey] = {}
         self.compact_before_ms = 0
         row = c.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()

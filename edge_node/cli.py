@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -22,19 +21,7 @@ import trio
 from . import __version__
 from .config import EXAMPLE_CONFIG, EdgeConfig
 from .errors import ConfigError, EdgeError
-
-
-def startup_error(exc: BaseException, kinds: tuple[type[BaseException], ...]
-                  ) -> BaseException | None:
-    """The first exception of ``kinds`` in ``exc`` (through exception groups), if any."""
-    if isinstance(exc, kinds):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = startup_error(inner, kinds)
-            if found is not None:
-                return found
-    return None
+from .process import startup_error, stop_on_signal, tune_gc
 
 
 def _node_args(sp: argparse.ArgumentParser, json_help: str = "print JSON") -> None:
@@ -127,25 +114,6 @@ def _load(path: str) -> EdgeConfig:
     except ConfigError as exc:
         print(f"fleet-edge: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(2)
-
-
-async def stop_on_signal(stop: Callable[[], None], logger: str) -> None:
-    """Wait for SIGTERM or SIGINT, then call ``stop`` (a graceful shutdown) once."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            logging.getLogger(logger).info("%s received: draining and shutting down",
-                                           signal.Signals(signum).name)
-            stop()
-            return
-
-
-def tune_gc() -> None:
-    """Collect garbage less often: ingest allocates many short-lived containers per request,
-    and the default threshold (700) made the collector ~10% of the CPU under load. Objects
-    alive after startup are frozen out of collections altogether."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 async def _run(cfg: EdgeConfig, path: str) -> None:
@@ -309,7 +277,8 @@ def _buffer(args: argparse.Namespace) -> int:
 
 
 def _check_rules(files: list[str]) -> int:
-    from .alerts.rules import AlertingRule, RuleFileError, load_rule_file
+    from .alerts.rules import AlertingRule, load_rule_file
+    from .errors import RuleFileError
 
     bad = 0
     for f in files:

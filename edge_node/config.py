@@ -223,7 +223,8 @@ class EdgeConfig:
 
     def alert_rule_groups(self) -> list[Any]:
         """The groups of every ``alerts.rule_files`` file (errors name file, rule and field)."""
-        from .alerts.rules import RuleFileError, load_rule_file
+        from .alerts.rules import load_rule_file
+        from .errors import RuleFileError
 
         groups: list[Any] = []
         for path in (p.strip() for p in self.alerts.rule_files.split(",")):
@@ -240,7 +241,8 @@ class EdgeConfig:
         return groups
 
     def alert_hooks(self) -> Any:
-        from .alerts.notify import HooksConfig, HooksError, load_hooks_file
+        from .alerts.notify import HooksConfig, load_hooks_file
+        from .errors import HooksError
 
         if not self.alerts.hooks_file:
             return HooksConfig()
@@ -313,7 +315,8 @@ def load_aggregation_rules(path: str) -> list[Any]:
     """The rules of ``aggregate.rules_file``; errors name the file, rule and field."""
     if not path:
         return []
-    from .aggregate import RuleError, load_rules_file
+    from .aggregate import load_rules_file
+    from .errors import RuleError
 
     try:
         return load_rules_file(path)

@@ -4,6 +4,14 @@ The tree::
 
     EdgeError
     ├── ConfigError          a config file or environment override is invalid
+    ├── RuleError            an aggregation rule is invalid (names the rule and field)
+    ├── ProblemsError        a file with problems, every one listed (``.problems``)
+    │   ├── RuleFileError    an alert rule file
+    │   └── HooksError       an alert hooks file
+    ├── ExpressionError      an expression that does not parse (also a ``ValueError``)
+    │   ├── SelectorError    a series selector (``{job="x", site=~"a.*"}``)
+    │   ├── PromQLError      a PromQL expression outside the supported subset
+    │   └── TemplateError    an alert annotation template
     ├── IngestError          a device request is refused (carries the HTTP status)
     │   ├── BadRequest       400: malformed body, bad field
     │   ├── Unauthorized     401: missing or unknown device key
@@ -12,7 +20,11 @@ The tree::
     │   ├── TooManySeries    422: a device would pass its active-series limit
     │   └── UnsupportedMedia 415: content type or encoding we do not speak
     ├── WireError            an edge->central batch cannot be encoded or decoded
-    └── BufferError_         the SQLite buffer failed (disk full, corruption)
+    └── BufferFailure        the SQLite buffer failed (disk full, corruption)
+
+Every module raises from this tree; none defines an exception of its own. ``RuleError``,
+``ProblemsError`` and ``ExpressionError`` are ``ValueError`` subclasses too: they describe a bad
+value a user wrote, and callers that validate text catch ``ValueError``.
 
 Handlers log ``Exception`` and never swallow ``trio.Cancelled`` (a ``BaseException``).
 """
@@ -34,6 +46,46 @@ class ConfigError(EdgeError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+class RuleError(EdgeError, ValueError):
+    """An invalid aggregation rule; ``key`` names the rule and field (``rules[2].outputs``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class ProblemsError(EdgeError, ValueError):
+    """Problems in a file: every one, each naming where (``groups[0].rules[2].expr``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class RuleFileError(ProblemsError):
+    """An alert rule file (Prometheus format) with problems."""
+
+
+class HooksError(ProblemsError):
+    """An alert hooks file with problems."""
+
+
+class ExpressionError(EdgeError, ValueError):
+    """An expression that does not parse; the message says where and why."""
+
+
+class SelectorError(ExpressionError):
+    """A selector that does not parse; the message says where and why."""
+
+
+class PromQLError(ExpressionError):
+    """An expression that does not parse or uses something outside the supported subset."""
+
+
+class TemplateError(ExpressionError):
+    """An annotation template that uses an action outside the supported subset."""
 
 
 class IngestError(EdgeError):
@@ -81,5 +133,5 @@ class WireError(EdgeError):
     """A batch or segment is malformed (wrong version, truncated, inconsistent)."""
 
 
-class BufferError_(EdgeError):
+class BufferFailure(EdgeError):
     """The durable buffer could not complete an operation."""

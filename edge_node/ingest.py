@@ -31,7 +31,7 @@ from . import __version__
 from .auth import apply_grant, authorize, load_tokens
 from .config import EdgeConfig
 from .devices import DeviceRegistry
-from .errors import BufferError_, Forbidden, IngestError, PayloadTooLarge, Unauthorized
+from .errors import BufferFailure, Forbidden, IngestError, PayloadTooLarge, Unauthorized
 from .limits import SeriesLimiter
 from .metrics import CONTENT_TYPE, Registry
 from .model import IngestBatch
@@ -240,7 +240,7 @@ class IngestHandler:
             return done
         try:
             await self.buffer.write(batch)
-        except BufferError_ as exc:
+        except BufferFailure as exc:
             self.m_requests.inc(1, "503")
             return 503, json.dumps({"error": str(exc)}).encode(), [(b"retry-after", b"5")]
         self.m_protocol.inc(batch.n_samples + batch.n_logs, protocol)

@@ -11,16 +11,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .errors import SelectorError
 from .model import NAME_LABEL
 
 _METRIC = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _OPS = ("=~", "!~", "!=", "=")
 _ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t", "r": "\r"}
-
-
-class SelectorError(ValueError):
-    """A selector that does not parse; the message says where and why."""
 
 
 @dataclass(frozen=True)

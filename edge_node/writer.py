@@ -21,7 +21,7 @@ import trio
 from .aggregate import Rule
 from .buffer import PendingSegment, Store, now_ms, pack_journal_rows
 from .config import BufferConfig
-from .errors import BufferError_
+from .errors import BufferFailure
 from .metrics import Registry
 from .model import IngestBatch, SeriesKey
 from .rollups import RollupStage
@@ -210,16 +210,16 @@ class BufferService:
         """Return once ``batch`` is durably committed.
 
         Raises:
-            BufferError_: the commit failed; nothing of the batch is stored.
+            BufferFailure: the commit failed; nothing of the batch is stored.
         """
         if self._closed:
-            raise BufferError_("the buffer is shutting down")
+            raise BufferFailure("the buffer is shutting down")
         ticket = _Ticket(batch, (self.intern(batch.metric_keys), self.intern(batch.log_keys),
                                  self.intern(batch.hb_keys), self.intern(batch.alert_keys)))
         await self._send.send(ticket)
         await ticket.done.wait()
         if ticket.error is not None:
-            raise BufferError_(f"commit failed: {ticket.error}") from ticket.error
+            raise BufferFailure(f"commit failed: {ticket.error}") from ticket.error
 
     async def _writer(self) -> None:
         window = self.cfg.commit_window_ms / 1000

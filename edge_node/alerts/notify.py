@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import HooksError
 from .rules import RESOLVED_RETENTION_MS, Alert
 
 HOOK_TYPES = ("exec", "webhook", "alertmanager", "log")
@@ -43,12 +44,6 @@ _HOOK_KEYS = {"exec": {"name", "type", "command", "timeout"},
               "webhook": {"name", "type", "url", "timeout"},
               "alertmanager": {"name", "type", "url", "timeout"},
               "log": {"name", "type", "path"}}
-
-
-class HooksError(ValueError):
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)

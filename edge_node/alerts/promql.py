@@ -30,17 +30,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import PromQLError, SelectorError
 from ..model import NAME_LABEL
-from ..selector import Matcher, SelectorError, make_matcher
+from ..selector import Matcher, make_matcher
 
 LOOKBACK_MS = 5 * 60_000
 STALE_NAN_BITS = 0x7FF0000000000002  # Prometheus' staleness marker
 
 Labels = tuple[tuple[str, str], ...]
-
-
-class PromQLError(ValueError):
-    """An expression that does not parse or uses something outside the supported subset."""
 
 
 # -- tokens ---------------------------------------------------------------------------------------

@@ -23,19 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import PromQLError, RuleFileError, TemplateError
 from ..model import NAME_LABEL
 from .promql import (
     Evaluator,
     LogFilter,
     Node,
-    PromQLError,
     Queryable,
     Sample,
     log_filters,
     parse,
     parse_duration_ms,
 )
-from .templates import Template, TemplateError, parse_template
+from .templates import Template, parse_template
 
 RESOLVED_RETENTION_MS = 15 * 60_000
 DEFAULT_INTERVAL_MS = 60_000
@@ -45,14 +45,6 @@ _RECORD_KEYS = {"record", "expr", "labels"}
 _NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _METRIC = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _DURATION = re.compile(r"(?:\d+(?:ms|[smhdwy]))+")
-
-
-class RuleFileError(ValueError):
-    """Problems in a rule file: every one, each naming where (``groups[0].rules[2].expr``)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ..errors import TemplateError
+
 _ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
 _PRINTF = re.compile(r'printf\s+"((?:[^"\\]|\\.)*)"\s+(.+)')
-
-
-class TemplateError(ValueError):
-    pass
 
 
 def _g4(v: float) -> str:

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from edge_node.aggregate import (
     Aggregator,
     Emitted,
-    RuleError,
     load_rules_file,
     parse_duration,
     parse_rules,
     split_output_name,
 )
+from edge_node.errors import RuleError
 from edge_node.model import SeriesKey
 
 MIN = 60_000

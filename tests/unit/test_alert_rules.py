@@ -15,17 +15,16 @@ from hypothesis import strategies as st
 from edge_node.alerts.promql import parse
 from edge_node.alerts.rules import (
     RuleEngine,
-    RuleFileError,
     load_rule_file,
     parse_rule_groups,
 )
 from edge_node.alerts.store import RecentStore
 from edge_node.alerts.templates import (
-    TemplateError,
     humanize,
     humanize_duration,
     parse_template,
 )
+from edge_node.errors import RuleFileError, TemplateError
 
 MIN = 60_000
 
@@ -310,7 +309,8 @@ def test_recent_store_keeps_one_sample_per_timestamp_in_order(
 
 
 def test_hooks_file_route_timers_and_every_problem_named() -> None:
-    from edge_node.alerts.notify import HooksError, parse_hooks
+    from edge_node.alerts.notify import parse_hooks
+    from edge_node.errors import HooksError
 
     cfg = parse_hooks({"route": {"group_by": ["alertname"], "group_wait": "30s",
                                  "group_interval": "5m", "repeat_interval": "2h"},

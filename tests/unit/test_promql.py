@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_node.alerts.promql import Evaluator, PromQLError, Sample, parse
+from edge_node.alerts.promql import Evaluator, Sample, parse
 from edge_node.alerts.store import RecentStore
+from edge_node.errors import PromQLError
 
 MIN = 60_000
 

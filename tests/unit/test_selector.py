@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_node.selector import SelectorError, parse_selector
+from edge_node.errors import SelectorError
+from edge_node.selector import parse_selector
 
 
 @pytest.mark.parametrize(("text", "labels", "hit"), [
