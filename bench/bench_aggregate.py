@@ -28,11 +28,9 @@ import zstandard
 
 from bench.workload import DEVICES, METRICS, STEP_MS, STEPS, series_labels, steps
 from edge_node.aggregate import Aggregator, parse_rules
+from edge_node.aggregate.roll_stage import RollupStage
 from edge_node.buffer import Store
-from edge_node.config import BufferConfig
-from edge_node.metrics import Registry
 from edge_node.model import IngestBatch, SeriesKey
-from edge_node.writer import BufferService
 
 GAUGES = '{__name__=~"sensor_.*_value"}'
 COUNTERS = '{__name__=~"sensor_.*_total"}'
@@ -79,8 +77,10 @@ def run_buffer(tmp: Path, rules: list[dict[str, Any]], keys: list[SeriesKey],
                all_steps: list[Any]) -> dict[str, Any]:
     """Feed the workload through a buffer; returns timings and forwardable bytes."""
     path = tmp / f"b{time.monotonic_ns()}.sqlite3"
-    buf = BufferService(Store(path, synchronous="normal"), BufferConfig(), Registry("b"),
-                        rules=parse_rules(rules), checkpoint_interval_s=60)
+    store = Store(path, synchronous="normal")
+    stage = RollupStage(parse_rules(rules), store.series.key, checkpoint_interval_s=60)
+    stage.load(*store.agg_saved())
+    series = store.series
     roll_cpu: list[float] = []
     per_commit = len(keys) // 10
     for st in all_steps:
@@ -89,16 +89,16 @@ def run_buffer(tmp: Path, rules: list[dict[str, Any]], keys: list[SeriesKey],
             b = IngestBatch(metric_keys=keys[a:a + per_commit],
                             metric_ts=[st.ts_ms] * per_commit,
                             metric_values=vals[a:a + per_commit].tolist())
-            sids = buf.intern(b.metric_keys)
-            buf.store.append(list(buf.unsaved), [(b, (sids, [], []))])
-            buf.unsaved.clear()
+            sids = series.ids(b.metric_keys)
+            new = series.unsaved()
+            store.append(new, [(b, (sids, [], []))])
+            series.saved(len(new))
         c0 = time.process_time()
-        buf.store.roll(stage=buf.stage, now=st.ts_ms + 1_000)
+        store.roll(stage=stage, now=st.ts_ms + 1_000)
         roll_cpu.append(time.process_time() - c0)
     c0 = time.process_time()
-    buf.store.roll(stage=buf.stage, now=all_steps[-1].ts_ms + 2 * 3_600_000)  # close them all
+    store.roll(stage=stage, now=all_steps[-1].ts_ms + 2 * 3_600_000)  # close them all
     roll_cpu[-1] += time.process_time() - c0
-    store = buf.store
     counters = store.counters()
     seg = {k: int(v) for k, v in store.conn.execute(
         "SELECT kind, sum(size) FROM segments GROUP BY kind")}
@@ -110,7 +110,7 @@ def run_buffer(tmp: Path, rules: list[dict[str, Any]], keys: list[SeriesKey],
 
     for (blob,) in store.conn.execute("SELECT blob FROM segments"):
         used.update(np.unique(decode_segment(blob).series).tolist())
-    defs = store.series_labels(sorted(used))
+    defs = store.series.labels(sorted(used))
     def_bytes = len(zstandard.compress(msgpack.packb([[s, d] for s, d in defs]), 3))
     store.close()
     return {"roll_cpu": roll_cpu, "seg_bytes": sum(seg.values()), "def_bytes": def_bytes,

@@ -99,7 +99,7 @@ async def status_and_reload(tmp: Path) -> None:
               f"{len(doc['history']['t'])} chart points x {len(doc['figures'])} figures: built in "
               f"{statistics.median(times) * 1e3:.1f} ms (median of 20), {size / 1e3:.0f} kB JSON "
               f"({len(r.content) / 1e3:.0f} kB over HTTP)")
-        series = sum(s["series"] for s in node.buffer.stage.summary()) if node.buffer.stage else 0
+        series = sum(s["series"] for s in node.aggregation.summary()) if node.aggregation else 0
         rules.write_text(rules.read_text() + "- name: extra\n  match: m0\n  interval: 5m\n"
                          "  outputs: [max]\n")
         t0 = time.perf_counter()

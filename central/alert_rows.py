@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from edge_node.alerts.notify import parse_rfc3339_ms
+from edge_node.durations import parse_rfc3339_ms
 
-from .router import Job
+from .model import Job
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ import json
 import logging
 from typing import Any
 
-import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from edge_node import __version__
 from edge_node.errors import WireError
 from edge_node.metrics import CONTENT_TYPE, Registry
+from edge_node.runtime import Runner, ThreadRunner
 from edge_node.wire import decode_batch, decode_segment
 
 from .errors import MissingSeries, SinkRejected, SinkUnavailable
@@ -29,7 +29,10 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 def create_app(pipeline: Pipeline, reg: Registry, *,
-               max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> QuartTrio:
+               max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+               decoder: Runner | None = None) -> QuartTrio:
+    """Central's HTTP app. ``decoder`` runs segment decoding off the event loop (two worker
+    threads by default)."""
     store = pipeline.state
     app = QuartTrio("fleet_central")
     app.config["MAX_CONTENT_LENGTH"] = max_batch_bytes
@@ -45,7 +48,7 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
                   callback=lambda: float(sum(p.stat().st_size for p in (
                       path, path.with_name(path.name + "-wal")) if p.exists())))
     app.extensions["registry"] = reg
-    decode_limiter = trio.CapacityLimiter(2)
+    decode = decoder or ThreadRunner(2)  # segments decode off the event loop, two at a time
 
     @app.post("/api/v1/batches")
     async def batches() -> Response:
@@ -71,8 +74,7 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
                 m_batches.inc(1, "forbidden")
                 return _json(403, {"error": f"this key belongs to node {node.node_id!r}, the "
                                             f"batch says {batch.node_id!r}"})
-            cols = await trio.to_thread.run_sync(decode_segment, batch.segment,
-                                                 limiter=decode_limiter)
+            cols = await decode(decode_segment, batch.segment)
             if cols.kind != batch.kind or len(cols) != batch.rows:
                 raise WireError(f"envelope says {batch.rows} {batch.kind} rows, segment holds "
                                 f"{len(cols)} {cols.kind} rows")

@@ -19,7 +19,7 @@ import trio
 import trio_asyncio
 
 from edge_node import __version__
-from edge_node.process import startup_error, stop_on_signal, tune_gc
+from edge_node.process import run_reporting, stop_on_signal, tune_gc
 
 from .backends import build_pipeline, clickhouse, state_store
 from .config import BACKEND_VARS, Settings
@@ -161,28 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleet-central: {exc}", file=sys.stderr)
         return 2
     if args.cmd == "run":
-        try:
-            trio.run(_serve, args, settings)
-        except (Exception, BaseExceptionGroup) as exc:
-            # e.g. the listen address is in use, the data dir not writable, an old schema
-            leaf = startup_error(exc, (OSError, CentralError))
-            if leaf is None:
-                raise
-            print(f"fleet-central: cannot start: {leaf}", file=sys.stderr)
-            return 1
-        return 0
-    try:
-        if args.cmd == "migrate":
-            trio.run(_migrate, settings)
-        else:
-            trio.run(_nodes, args, settings)
-    except (Exception, BaseExceptionGroup) as exc:
-        leaf = startup_error(exc, (RegistryError, SchemaOutdated, SinkUnavailable, OSError))
-        if leaf is None:
-            raise
-        print(f"fleet-central: {leaf}", file=sys.stderr)
-        return 1
-    return 0
+        # e.g. the listen address is in use, the data dir not writable, an old schema
+        return run_reporting(_serve, args, settings, expected=(OSError, CentralError),
+                             prefix="fleet-central: cannot start")
+    expected = (RegistryError, SchemaOutdated, SinkUnavailable, OSError)
+    if args.cmd == "migrate":
+        return run_reporting(_migrate, settings, expected=expected, prefix="fleet-central")
+    return run_reporting(_nodes, args, settings, expected=expected, prefix="fleet-central")
 
 
 if __name__ == "__main__":

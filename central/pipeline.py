@@ -27,11 +27,13 @@ from typing import Any, Protocol
 import trio
 
 from edge_node.metrics import Registry
+from edge_node.runtime import Clock, clock_ms
 from edge_node.wire import Batch, Columns
 
 from .errors import SinkRejected, SinkUnavailable
+from .model import NodeInfo
 from .router import LabelCache, group, make_job
-from .sinks.base import NodeInfo, Sink, StateStore
+from .sinks.base import Sink, StateStore
 
 READY_TIMEOUT_S = 2.0  # /readyz answers within this, whatever a backend does
 
@@ -47,11 +49,22 @@ class FastDedup(Protocol):
 
 
 class Pipeline:
-    """Routes batches to ``sinks`` and commits them to ``state``."""
+    """Routes batches to ``sinks`` and commits them to ``state``.
+
+    Args:
+        state: the state store (registry, dedup marks, unrouted rows).
+        sinks: the external backends, each taking the kinds it names.
+        registry: where the pipeline's metrics go (a new ``fleet_central`` one by default).
+        fast: the Valkey fast-dedup cache, when Valkey is configured.
+        clock: wall-clock seconds; stamps each job (``Job.now_ms``: retention cutoffs,
+            PostgreSQL's last-seen) and is the time retention maintenance runs at.
+    """
 
     def __init__(self, state: StateStore, sinks: Sequence[Sink] = (), *,
-                 registry: Registry | None = None, fast: FastDedup | None = None) -> None:
+                 registry: Registry | None = None, fast: FastDedup | None = None,
+                 clock: Clock = time.time) -> None:
         self.state = state
+        self.clock = clock
         self.sinks = list(sinks)
         self.fast = fast
         self.registry = registry = registry or Registry("fleet_central")
@@ -156,7 +169,7 @@ class Pipeline:
         pending = await self.state.begin(node, batch, grouping.sids.tolist())
         if pending is None:
             return False
-        job = make_job(node, batch, cols, pending.labels, time.time_ns() // 1_000_000,
+        job = make_job(node, batch, cols, pending.labels, clock_ms(self.clock),
                        self.labels, grouping)
         todo = [s for s in self.sinks if batch.kind in s.kinds]
         errors: list[SinkUnavailable | SinkRejected] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .router import Job
+from .model import Job
 
 WINDOW_MS = 60_000
 

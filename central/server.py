@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -95,7 +94,7 @@ async def _maintain(pipeline: Pipeline, scope: trio.CancelScope) -> None:
     with scope:
         while True:
             try:
-                await pipeline.maintain(time.time())
+                await pipeline.maintain(pipeline.clock())
             except Exception:
                 log.exception("retention maintenance failed; retrying in an hour")
             await trio.sleep(MAINTAIN_EVERY_S)

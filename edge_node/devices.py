@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
+from .runtime import Clock, Runner, ThreadRunner, clock_ms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -36,9 +36,18 @@ class Registration:
 
 
 class DeviceRegistry:
-    def __init__(self, data_dir: str | Path) -> None:
+    """Registered devices in ``<data_dir>/devices.sqlite3``.
+
+    Args:
+        clock: wall-clock seconds (registration stamps).
+        runner: runs the SQLite calls, one at a time (a ``ThreadRunner(1)``).
+    """
+
+    def __init__(self, data_dir: str | Path, *, clock: Clock = time.time,
+                 runner: Runner | None = None) -> None:
         self.path = Path(data_dir) / "devices.sqlite3"
-        self.limiter = trio.CapacityLimiter(1)
+        self.clock = clock
+        self._run: Runner = runner or ThreadRunner(1)
         self._conn: sqlite3.Connection | None = None
         self._by_hash: dict[str, str] = {}  # key hash -> device id (cache of lookups)
 
@@ -62,9 +71,9 @@ class DeviceRegistry:
                 "INSERT INTO devices(device_id, name, type, version, capabilities, key_hash, "
                 "registered_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (reg.device_id, name, type_, version, json.dumps(capabilities, sort_keys=True),
-                 _hash(reg.api_key), time.time_ns() // 1_000_000))
+                 _hash(reg.api_key), clock_ms(self.clock)))
 
-        await trio.to_thread.run_sync(insert, limiter=self.limiter)
+        await self._run(insert)
         return reg
 
     async def device_for_key(self, key: str) -> str | None:
@@ -78,7 +87,7 @@ class DeviceRegistry:
                                      (h,)).fetchone()
             return None if row is None else str(row[0])
 
-        found = await trio.to_thread.run_sync(lookup, limiter=self.limiter)
+        found = await self._run(lookup)
         if found is not None:
             self._by_hash[h] = found
         return found

@@ -20,11 +20,11 @@ import httpx
 import trio
 
 from .backoff import Backoff, parse_retry_after
-from .buffer import PendingSegment
+from .buffer import BufferService, PendingSegment
 from .config import EdgeConfig
 from .metrics import Registry
-from .wire import BATCH_CONTENT_TYPE, KINDS, Batch, decode_segment, encode_batch
-from .writer import BufferService
+from .runtime import Clock
+from .wire import BATCH_CONTENT_TYPE, KINDS, Batch, encode_batch
 
 log = logging.getLogger("fleet_edge.forward")
 
@@ -58,8 +58,9 @@ class Forwarder:
     """Sends segments from a :class:`BufferService` with an injectable ``httpx.AsyncClient``."""
 
     def __init__(self, cfg: EdgeConfig, buffer: BufferService, client: httpx.AsyncClient,
-                 registry: Registry) -> None:
+                 registry: Registry, *, clock: Clock = time.time) -> None:
         self.buffer = buffer
+        self.clock = clock
         self.client = client
         self.apply(cfg)
         self.connected = False
@@ -83,7 +84,7 @@ class Forwarder:
                 callback=lambda: 1.0 if self.connected else 0.0)
         r.gauge("last_ack_timestamp_seconds", "When central last acknowledged a batch.",
                 callback=lambda: self.last_ack_s)
-        counters = buffer.stats_cache.counters
+        counters = buffer.stats.counters
         for kind in KINDS:
             self.m_acked.inc(counters.get(f"acked_{kind}", 0), kind)
             self.m_dead.inc(counters.get(f"dead_lettered_{kind}", 0), kind)
@@ -98,7 +99,7 @@ class Forwarder:
                   ) -> None:
         task_status.started()
         while True:
-            seg = await self.buffer.next_segment()
+            seg = await self.buffer.claim()
             if seg is None:
                 self.idle.set()
                 with trio.move_on_after(1.0):
@@ -108,62 +109,48 @@ class Forwarder:
             await self.deliver(seg)
 
     async def deliver(self, seg: PendingSegment) -> None:
-        """Send ``seg`` until it is acknowledged or dead-lettered."""
+        """Send the claimed ``seg`` until it is acknowledged or dead-lettered."""
         buf = self.buffer
-        buf.inflight.add(seg.seq)
         try:
             # computed once per segment (not per retry): finding them decodes the segment
-            defs = await self._defs_for(seg)
+            defs = await buf.definitions_for(seg)
             while True:
-                low = await buf.run(buf.store.low_watermark)
+                low = await buf.low_watermark()
                 body = encode_batch(Batch(node_id=self.cfg.node_id, seq=seg.seq, kind=seg.kind,
                                           segment=seg.blob, rows=seg.n, low_watermark=low,
-                                          series_defs=defs, epoch=buf.store.epoch))
+                                          series_defs=defs, epoch=buf.epoch))
                 verdict = await self._send(body, seg)
                 if verdict.action == ACK:
-                    # The ack must be recorded even if we are being cancelled right now.
-                    with trio.CancelScope(shield=True):
-                        await buf.run(buf.store.ack, seg.seq, seg.kind, seg.n,
-                                      [sid for sid, _ in defs])
+                    await buf.ack(seg, [sid for sid, _ in defs])  # shielded
                     self.m_acked.inc(seg.n, seg.kind)
-                    self.last_ack_s = time.time()
+                    self.last_ack_s = self.clock()
                     self.backoff.reset()
                     return
                 if verdict.action == RESEND:
                     log.info("central lacks %d series definitions; resending",
                              len(verdict.missing))
-                    await buf.run(buf.store.mark_series, verdict.missing, False)
-                    defs = await self._defs_for(seg)
+                    await buf.forget_definitions(verdict.missing)
+                    defs = await buf.definitions_for(seg)
                     if self.backoff.failures > 3:
                         await trio.sleep(self.backoff.next_delay())
                     else:
                         self.backoff.failures += 1
-                    await buf.run(buf.store.mark_attempt, seg.seq)
+                    await buf.retry(seg)
                     continue
                 if verdict.action == DEAD_LETTER:
                     log.error("central refused segment %d (%d %s rows) as malformed: %s; moved "
                               "to the dead-letter table", seg.seq, seg.n, seg.kind,
                               verdict.reason)
-                    with trio.CancelScope(shield=True):
-                        await buf.run(buf.store.dead_letter, seg.seq, verdict.reason)
+                    await buf.dead_letter(seg, verdict.reason)  # shielded
                     self.m_dead.inc(seg.n, seg.kind)
                     return
                 delay = self.backoff.next_delay(verdict.retry_after_s)
                 log.warning("sending segment %d failed (%s); retry in %.1fs", seg.seq,
                             verdict.reason, delay)
                 await trio.sleep(delay)
-                await buf.run(buf.store.mark_attempt, seg.seq)
+                await buf.retry(seg)
         finally:
-            buf.inflight.discard(seg.seq)
-
-    async def _defs_for(self, seg: PendingSegment) -> list[tuple[int, dict[str, str]]]:
-        buf = self.buffer
-        if await buf.run(buf.store.unacked_series_count) == 0:
-            return []
-        ids = await buf.run(
-            lambda: sorted({int(x) for x in decode_segment(seg.blob).series.tolist()}),
-            limiter=buf.merge_limiter)
-        return await buf.run(buf.store.unacked_series, ids)
+            buf.release(seg)
 
     async def _send(self, body: bytes, seg: PendingSegment) -> Verdict:
         headers = {"Authorization": f"Bearer {self.cfg.central.api_key}",
@@ -187,7 +174,7 @@ class Forwarder:
         except ValueError:
             payload = None
         verdict = classify(resp.status_code, payload, resp.headers.get("Retry-After"),
-                           time.time())
+                           self.clock())
         self.connected = verdict.action != RETRY
         if verdict.action != ACK:
             self.last_error = f"HTTP {resp.status_code}: {verdict.reason}"

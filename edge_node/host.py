@@ -26,7 +26,9 @@ from typing import Any
 import psutil
 import trio
 
+from .buffer import Writer
 from .model import DEVICE_LABEL, NAME_LABEL, IngestBatch
+from .runtime import Clock, Runner, ThreadRunner, clock_ms
 
 log = logging.getLogger("fleet_edge.host")
 
@@ -195,8 +197,11 @@ class HostCollector:
     """Writes the box's readings to the buffer every ``interval_s``; ``last`` keeps the newest
     reading for the status page."""
 
-    def __init__(self, buffer: Any, device: str, paths: list[str], interval_s: float) -> None:
+    def __init__(self, buffer: Writer, device: str, paths: list[str], interval_s: float, *,
+                 clock: Clock = time.time, runner: Runner | None = None) -> None:
         self.buffer = buffer
+        self.clock = clock
+        self._run: Runner = runner or ThreadRunner(1)
         self.configure(device, interval_s)
         self.paths = paths
         self.proc = psutil.Process()
@@ -231,10 +236,10 @@ class HostCollector:
         self._prev_cpu = (total - idle, total)
 
     async def collect_once(self) -> None:
-        r = await trio.to_thread.run_sync(read_host, self.paths, self.proc)
+        r = await self._run(read_host, self.paths, self.proc)
         self._note_cpu(r)
         self.last = r
-        await self.buffer.write(self.batch(r, time.time_ns() // 1_000_000))
+        await self.buffer.write(self.batch(r, clock_ms(self.clock)))
 
     async def run(self) -> None:
         while True:

@@ -1,19 +1,19 @@
-"""The HTTP app devices talk to.
+"""The ingest routes devices post to: one request in, one durable commit (or a 4xx) out.
 
-The ingest routes are served by a lean ASGI handler (the hot path: per-request cost in the full
-Quart request/response machinery was about a third of the CPU for small requests): the native
+They are served by a lean ASGI handler (the hot path: per-request cost in the full Quart
+request/response machinery was about a third of the CPU for small requests): the native
 ``POST /api/v1/ingest``, Prometheus text ``POST /api/v1/import/prometheus``, Prometheus remote
 write ``POST /api/v1/write`` (protobuf + snappy), Loki push ``POST /loki/api/v1/push`` (JSON,
-or protobuf + snappy), and the Influx line protocol ``POST /write`` (v1) and
-``POST /api/v2/write`` (v2). Every other route (``/healthz``,
-``/metrics``) is a quart-trio app behind it.
+or protobuf + snappy), the Influx line protocol ``POST /write`` (v1) and ``POST /api/v2/write``
+(v2), and the fleetd agent's calls. A request is read within the body limits, decompressed,
+parsed by its protocol (:mod:`edge_node.protocols`), admitted by the per-device series limit,
+and written to the buffer; the device gets its 204 once the group commit is durable. Every
+other route is :mod:`edge_node.api`.
 """
 
 from __future__ import annotations
 
-import importlib.resources
 import inspect
-import ipaddress
 import json
 import logging
 import time
@@ -23,22 +23,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import trio
-from quart import Response, request
-from quart_trio import QuartTrio
-
-from . import __version__
 from .auth import apply_grant, authorize, load_tokens
+from .buffer import Writer
 from .config import EdgeConfig
 from .devices import DeviceRegistry
 from .errors import BufferFailure, Forbidden, IngestError, PayloadTooLarge, Unauthorized
 from .limits import SeriesLimiter
-from .metrics import CONTENT_TYPE, Registry
+from .metrics import Registry
 from .model import IngestBatch
 from .protocols import fleetd_agent, influx, loki_push, prometheus_text, remote_write
 from .protocols.decode import decompress, snappy_block
 from .protocols.native import NativeParser
-from .writer import BufferService
+from .runtime import Clock, clock_ms
 
 log = logging.getLogger("fleet_edge.ingest")
 
@@ -75,9 +71,10 @@ def _query(scope: Scope) -> dict[str, str]:
 class IngestHandler:
     """Reads, validates and durably commits one ingest request (raw ASGI)."""
 
-    def __init__(self, cfg: EdgeConfig, buffer: BufferService, registry: Registry,
-                 devices: DeviceRegistry | None = None) -> None:
+    def __init__(self, cfg: EdgeConfig, buffer: Writer, registry: Registry,
+                 devices: DeviceRegistry | None = None, *, clock: Clock = time.time) -> None:
         self.buffer = buffer
+        self.clock = clock
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
         self.apply(cfg)
@@ -198,7 +195,7 @@ class IngestHandler:
 
     async def _handle(self, scope: Scope, receive: Receive
                       ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        now = time.time_ns() // 1_000_000
+        now = clock_ms(self.clock)  # receive time: the stamp of rows that carry none
         ctype = cenc = None
         declared: int | None = None
         for name, value in scope["headers"]:
@@ -249,133 +246,3 @@ class IngestHandler:
         self.m_ingested.inc(batch.n_heartbeats, "heartbeats")
         self.m_requests.inc(1, str(done[0]))
         return done
-
-
-class EdgeApp:
-    """ASGI entry point: the ingest fast path, then the Quart app for everything else."""
-
-    def __init__(self, ingest: IngestHandler, quart_app: QuartTrio) -> None:
-        self.ingest = ingest
-        self.quart_app = quart_app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.ingest.routes:
-            if scope["method"] == "POST":
-                await self.ingest(scope, receive, send)
-                return
-            await send({"type": "http.response.start", "status": 405,
-                        "headers": [*_JSON_HEADERS, (b"allow", b"POST")]})
-            await send({"type": "http.response.body",
-                        "body": b'{"error": "use POST", "field": "method"}'})
-            return
-        # hypercorn's precise ASGI types vs. our plain mappings: same messages at runtime
-        await self.quart_app(scope, receive, send)  # type: ignore[arg-type]
-
-
-#: the status page: one self-contained file (no external assets) shipped in the package
-STATUS_PAGE = importlib.resources.files(__package__).joinpath(
-    "static/status.html").read_text(encoding="utf-8")
-
-
-def _loopback(addr: str | None) -> bool:
-    try:
-        return addr is not None and ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return False
-
-
-def create_app(node: Any) -> EdgeApp:
-    """Build the node's ASGI app around a running :class:`~edge_node.node.EdgeNode` (its
-    parts are read per request: a reload may replace the alert service)."""
-    app = QuartTrio("fleet_edge")
-    cfg = node.cfg
-    registry = node.registry
-    buffer = node.buffer
-
-    def as_json(body: Any, status: int = 200) -> Response:
-        return Response(json.dumps(body), status=status, mimetype="application/json")
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        # "ok" while the node runs: an unreachable central is normal for an edge, and shown
-        # in the fields, not as a failed health check that would get the node restarted
-        st = buffer.stats_cache
-        fwd = node.forwarder
-        return as_json({"status": "ok", "node_id": node.cfg.node_id, "version": __version__,
-                        "central_connected": fwd.connected,
-                        "last_forward_error": fwd.last_error or None,
-                        "pending_rows": sum(st.pending.values()),
-                        "backlog_age_s": round(buffer.backlog_age(), 3),
-                        "buffer_bytes": st.used_bytes, "dead_letters": st.dead_letters})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        # ready: the buffer takes writes; central reachable, or not needed yet (room left)
-        why = node.status.not_ready()
-        return as_json({"status": "not ready" if why else "ready", "reasons": why},
-                       503 if why else 200)
-
-    @app.get("/api/v1/status")
-    async def status_api() -> Response:
-        return as_json(await node.status.document())
-
-    @app.get("/")
-    @app.get("/status")
-    async def status_page() -> Response:
-        return Response(STATUS_PAGE, mimetype="text/html")
-
-    @app.get("/api/v1/devices")
-    async def devices_api() -> Response:
-        # every device local alerting tracks, offline first
-        return as_json({"devices": node.status.devices(), "tracking": node.alerts is not None})
-
-    @app.post("/api/v1/devices/forget")
-    async def forget_device() -> Response:
-        # changes state: only from the gateway itself (fleet-edge devices forget)
-        if not _loopback(request.remote_addr):
-            return as_json({"error": "only accepted from the gateway itself (127.0.0.1 or "
-                                     "::1): use fleet-edge devices forget"}, 403)
-        body = await request.get_json(force=True, silent=True)
-        name = body.get("device") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name:
-            return as_json({"error": "expected {\"device\": \"<name>\"}",
-                            "field": "device"}, 400)
-        alerts = node.alerts
-        if alerts is None:
-            return as_json({"error": "device tracking is off (local alerting is disabled)"},
-                           409)
-        gone = await alerts.forget_device(name)
-        if gone is None:
-            return as_json({"error": f"device {name!r} is not known", "field": "device"}, 404)
-        return as_json(gone)
-
-    @app.get("/api/v1/alerts")
-    async def alerts_api() -> Response:
-        # Prometheus' format, so tools that read /api/v1/alerts read this one
-        alerts = node.alerts
-        return as_json({"status": "success",
-                        "data": {"alerts": alerts.summary() if alerts is not None else []}})
-
-    @app.get("/api/v1/alerts/notifications")
-    async def alert_notifications() -> Response:
-        # the outbox, newest first: hook, status, attempts, delivery, exit status / HTTP status
-        alerts = node.alerts
-        rows = [] if alerts is None else await alerts.recent_notifications()
-        return as_json({"notifications": rows})
-
-    @app.get("/api/v1/aggregates")
-    async def aggregates() -> Response:
-        stage = buffer.stage
-        rules = [] if stage is None else await trio.to_thread.run_sync(stage.summary)
-        return as_json({"node_id": cfg.node_id, "rules": rules,
-                        # samples re-applied from the replay log when the node started
-                        "replayed_on_start": stage.replayed if stage else 0,
-                        "checkpoints": stage.checkpoints if stage else 0})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        with trio.move_on_after(2):
-            await buffer.refresh_stats()
-        return Response(registry.render(), content_type=CONTENT_TYPE)
-
-    return EdgeApp(IngestHandler(cfg, buffer, registry), app)

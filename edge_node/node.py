@@ -27,19 +27,20 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
 from . import __version__
+from .aggregate.roll_stage import RollupStage, register_metrics
 from .alerts.service import AlertService, builtin_group
-from .buffer import Store
+from .api import create_app
+from .buffer import BufferService, open_buffer
 from .config import EdgeConfig
 from .errors import ConfigError
 from .forward import Forwarder
 from .host import HostCollector
-from .ingest import create_app
+from .ingest import IngestHandler
 from .metrics import Registry
 from .scrape import Scraper
 from .sdnotify import sd_notify, watchdog
 from .selfmon import register_process_metrics
 from .status import StatusService
-from .writer import BufferService
 
 log = logging.getLogger("fleet_edge.node")
 
@@ -62,10 +63,11 @@ class EdgeNode:
     config_path: str | None = None
     url: str = ""
     alerts: AlertService | None = None
+    aggregation: RollupStage | None = None  # stream aggregation inside the buffer's roll
     host: HostCollector | None = None
     scraper: Scraper | None = None
-    ingest: Any = None  # the IngestHandler
-    status: Any = None  # the StatusService
+    ingest: IngestHandler | None = None
+    status: StatusService | None = None
     client: httpx.AsyncClient | None = None
     last_reload: dict[str, Any] | None = None
     stop_event: trio.Event = field(default_factory=trio.Event)
@@ -92,11 +94,11 @@ class EdgeNode:
             return None
         svc = AlertService(groups, hooks, cfg.node_id, cfg.data_dir, self.registry,
                            max_series=cfg.alerts.max_series, client=self.client,
-                           forward=self.buffer.write, labels_of=self.buffer.store.labels_of,
+                           forward=self.buffer.write, labels_of=self.buffer.labels_of,
                            snapshot_interval_s=cfg.alerts.snapshot_interval_s)
         # observing before seeding: a batch both committed before the seed read and observed
         # after it is one sample at one timestamp, which the recent store keeps once
-        self.buffer.observers.append(svc.observe)
+        self.buffer.observe(svc.observe)
         return svc
 
     async def _start_alerts(self) -> None:
@@ -122,8 +124,7 @@ class EdgeNode:
         if self._alerts_scope is not None:
             self._alerts_scope.cancel()
             await self._alerts_done.wait()  # its tasks are out before its database closes
-        if svc.observe in self.buffer.observers:
-            self.buffer.observers.remove(svc.observe)
+        self.buffer.unobserve(svc.observe)
         await svc.close()
         self.alerts = None
 
@@ -170,6 +171,16 @@ class EdgeNode:
             return
         self.host = HostCollector(self.buffer, device, [cfg.data_dir, "/"], cfg.host.interval_s)
         self._host_scope = self._spawn(self.host.run)
+
+    async def set_aggregation(self, rules: list[Any], checkpoint_interval_s: float) -> None:
+        """Run ``rules`` inside the buffer's roll (none: no stream aggregation); the state of
+        rules that did not change carries on (see :meth:`BufferService.set_stage`)."""
+        stage = RollupStage(rules, self.buffer.labels_of,
+                            checkpoint_interval_s=checkpoint_interval_s) if rules else None
+        await self.buffer.set_stage(stage)
+        self.aggregation = stage
+        if stage is not None:
+            register_metrics(self.registry, lambda: self.aggregation)
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -220,16 +231,18 @@ class EdgeNode:
         keep = {k: getattr(old, k) for k in restart if "." not in k}
         buffer_cfg = dataclasses.replace(old.buffer, max_disk_mb=new.buffer.max_disk_mb)
         cfg = dataclasses.replace(new, **keep, buffer=buffer_cfg)
-        current = [r.fingerprint for r in self.buffer.stage.rules] if self.buffer.stage else []
-        if ([r.fingerprint for r in rules] != current
-                or cfg.aggregate.checkpoint_interval_s != self.buffer.checkpoint_interval_s):
-            await self.buffer.set_rules(rules, cfg.aggregate.checkpoint_interval_s)
+        agg = self.aggregation
+        current = [r.fingerprint for r in agg.rules] if agg else []
+        if ([r.fingerprint for r in rules] != current or
+                (agg is not None
+                 and cfg.aggregate.checkpoint_interval_s != agg.checkpoint_interval_s)):
+            await self.set_aggregation(rules, cfg.aggregate.checkpoint_interval_s)
             done.append("aggregate")
         if alerts[2] != self._alert_inputs:
             await self._stop_alerts()
             svc = self.alerts = self._make_alerts(cfg, alerts)
             if svc is not None:
-                await self.buffer.run(svc.seed_from_buffer, self.buffer.store.recent_metrics)
+                await self.buffer.with_recent_metrics(svc.seed_from_buffer)
             await self._start_alerts()
             done.append("alerts")
         if self.ingest is not None:
@@ -314,27 +327,24 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
                         ) -> None:
     """Run a node until its ``stop()`` is called; ``task_status.started`` gets the handle.
     ``config_path`` is the file :meth:`EdgeNode.reload` re-reads."""
-    store = await trio.to_thread.run_sync(
-        lambda: Store(cfg.db_path, synchronous=cfg.buffer.synchronous))
     registry = Registry("fleet_edge")
     registry.gauge("build_info", "Version of this edge node.", ("version", "node_id"),
                    callback=lambda: {(__version__, cfg.node_id): 1.0})
     register_process_metrics(registry, cfg.data_dir)
     # leave room for the batch envelope and the series definitions that may ride along
-    buffer = BufferService(store, cfg.buffer, registry,
-                           max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75),
-                           rules=cfg.aggregation_rules(),
-                           checkpoint_interval_s=cfg.aggregate.checkpoint_interval_s)
+    buffer = await open_buffer(cfg.db_path, cfg.buffer, registry,
+                               max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75))
     own_client = client is None
     if client is None:
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)
     forwarder = Forwarder(cfg, buffer, client, registry)
     node = EdgeNode(cfg=cfg, buffer=buffer, forwarder=forwarder, registry=registry,
                     config_path=config_path, client=client)
+    await node.set_aggregation(cfg.aggregation_rules(), cfg.aggregate.checkpoint_interval_s)
     node.alerts = node._make_alerts(cfg, alert_parts(cfg))
     if node.alerts is not None:  # the buffer's tasks are not running yet
-        node.alerts.seed_from_buffer(store.recent_metrics)
-    node.status = StatusService(node, cfg.status.step_s, cfg.status.history_hours)
+        await buffer.with_recent_metrics(node.alerts.seed_from_buffer)
+    status = node.status = StatusService(node, cfg.status.step_s, cfg.status.history_hours)
     pidfile = Path(cfg.data_dir) / PIDFILE
     try:
         app = create_app(node)
@@ -367,7 +377,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             node.scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
             node._start_scraper()
             node._start_host()
-            nursery.start_soon(node.status.run)
+            nursery.start_soon(status.run)
             log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
                      cfg.central.url)
             await trio.to_thread.run_sync(pidfile.write_text, f"{os.getpid()}\n")
@@ -377,7 +387,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             await node.stop_event.wait()
             log.info("stopping: no new requests; finishing those in progress")
             sd_notify("STOPPING=1")
-            node.status.stopping = True
+            status.stopping = True
             if node._scrape_scope is not None:
                 node._scrape_scope.cancel()
             stop.set()
@@ -386,7 +396,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
                 await served.wait()
             await buffer.close()
             with trio.CancelScope(shield=True):
-                await node.status.save()
+                await status.save()
             with trio.CancelScope(shield=True):
                 async with node._reload_lock:  # not while a reload swaps the alert service
                     await node._stop_alerts()  # its tasks end, then its state is saved
@@ -396,7 +406,7 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
         if own_client:
             with trio.CancelScope(shield=True):
                 await client.aclose()
-        await trio.to_thread.run_sync(store.close)
+        await buffer.aclose()
         with contextlib.suppress(OSError):
             if pidfile.read_text().strip() == str(os.getpid()):
                 pidfile.unlink()

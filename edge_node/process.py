@@ -7,9 +7,13 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVarTuple
 
 import trio
+
+Ts = TypeVarTuple("Ts")
 
 
 def startup_error(exc: BaseException, kinds: tuple[type[BaseException], ...]
@@ -42,3 +46,19 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+
+
+def run_reporting(fn: Callable[[*Ts], Awaitable[object]], *args: *Ts,
+                  expected: tuple[type[BaseException], ...], prefix: str) -> int:
+    """``trio.run(fn, *args)``: 0 when it returns; an ``expected`` error (found through
+    exception groups, e.g. the listen address in use) printed as one line ``prefix: error`` on
+    stderr, 1. Anything else propagates with its traceback."""
+    try:
+        trio.run(fn, *args)
+    except (Exception, BaseExceptionGroup) as exc:
+        leaf = startup_error(exc, expected)
+        if leaf is None:
+            raise
+        print(f"{prefix}: {leaf}", file=sys.stderr)
+        return 1
+    return 0

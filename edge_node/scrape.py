@@ -25,13 +25,13 @@ from typing import Any
 import httpx
 import trio
 
+from .buffer import Writer
 from .config import ScrapeConfig
 from .errors import ConfigError, IngestError
 from .metrics import Registry
 from .model import IngestBatch, SeriesKey
 from .protocols.common import SeriesBuilder
 from .protocols.prometheus_text import parse as parse_text
-from .writer import BufferService
 
 log = logging.getLogger("fleet_edge.scrape")
 
@@ -101,7 +101,7 @@ def parse_targets(static: str, file_text: str | None, job: str, file_name: str =
 class Scraper:
     """Scrapes every target each interval and writes what it got into the buffer."""
 
-    def __init__(self, cfg: ScrapeConfig, ingest: Any, buffer: BufferService,
+    def __init__(self, cfg: ScrapeConfig, ingest: Any, buffer: Writer,
                  registry: Registry, client: httpx.AsyncClient | None = None) -> None:
         self.cfg = cfg
         self.ingest = ingest

@@ -15,15 +15,22 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from . import __version__
-from .host import clock_synchronized
+from .config import EdgeConfig
+from .host import HostCollector, clock_synchronized
+from .metrics import Registry
+from .runtime import Clock, Runner, ThreadRunner
+
+if TYPE_CHECKING:
+    from .alerts.service import AlertService
+    from .buffer import BufferService
+    from .forward import Forwarder
 
 log = logging.getLogger("fleet_edge.status")
 
@@ -136,13 +143,26 @@ def readiness(buffer_open: bool, stopping: bool, used_ratio: float, central_ok: 
     return why
 
 
+class StatusSource(Protocol):
+    """The parts of a running node the status reads (:class:`edge_node.node.EdgeNode`)."""
+
+    cfg: EdgeConfig
+    registry: Registry
+    buffer: BufferService
+    forwarder: Forwarder
+    alerts: AlertService | None
+    host: HostCollector | None
+    last_reload: dict[str, Any] | None
+
+
 class StatusService:
     """Samples the node for the charts and answers ``/api/v1/status`` and ``/readyz``."""
 
-    def __init__(self, node: Any, step_s: float, history_hours: float,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.node = node  # the EdgeNode (cfg, buffer, forwarder, registry, alerts, host)
+    def __init__(self, node: StatusSource, step_s: float, history_hours: float,
+                 clock: Clock = time.time, runner: Runner | None = None) -> None:
+        self.node = node
         self.clock = clock
+        self._run: Runner = runner or ThreadRunner(2)  # file writes, the adjtimex call
         self.history = History(step_s, max(2, int(history_hours * 3600 / step_s)))
         self.path = Path(node.cfg.data_dir) / "status-history.json"
         self.started = clock()
@@ -189,7 +209,7 @@ class StatusService:
     def reading(self) -> dict[str, float]:
         reg = self.node.registry
         buf = self.node.buffer
-        st = buf.stats_cache
+        st = buf.stats
         out = {"ingest_rows_per_s": reg.value("ingested_total"),
                "forward_rows_per_s": reg.value("acked_total"),
                "pending_rows": float(sum(st.pending.values())),
@@ -222,7 +242,7 @@ class StatusService:
         flash, and the history is ~60 kB)."""
         text = self.history.dump()
         try:
-            await trio.to_thread.run_sync(_write_atomic, self.path, text)
+            await self._run(_write_atomic, self.path, text)
         except OSError as exc:
             log.warning("saving the status history failed: %s", exc)
         self._saved = self.clock()
@@ -240,8 +260,8 @@ class StatusService:
 
     def not_ready(self) -> list[str]:
         buf = self.node.buffer
-        st = buf.stats_cache
-        return readiness(not buf._closed, self.stopping,
+        st = buf.stats
+        return readiness(buf.accepting, self.stopping,
                          st.used_bytes / max(1, buf.max_bytes), self.node.forwarder.connected,
                          sum(st.pending.values()))
 
@@ -253,14 +273,14 @@ class StatusService:
         reg = node.registry
         with trio.move_on_after(2):
             await buf.refresh_stats()
-        st = buf.stats_cache
+        st = buf.stats
         now = self.clock()
         devices = self._devices(int(now * 1000))
         online = sum(d["online"] for d in devices)
         pending = sum(st.pending.values())
         in_rate = self.history.latest("ingest_rows_per_s")
         out_rate = self.history.latest("forward_rows_per_s")
-        dead = await buf.run(buf.store.dead_letters)
+        dead = await buf.dead_letters()
         # firing first: a site-wide outage can make thousands of DeviceOffline alerts
         alerts = sorted(node.alerts.summary() if node.alerts is not None else [],
                         key=lambda a: a["state"] != "firing")
@@ -294,7 +314,7 @@ class StatusService:
             "dead_letters": dead[-10:],
             "host": _host_summary(host),
             # None: unknown (no adjtimex); False: timestamps the node gives may be wrong
-            "clock_synchronized": await trio.to_thread.run_sync(clock_synchronized),
+            "clock_synchronized": await self._run(clock_synchronized),
             "history": self.history.series(),
             "figures": {k: {"title": t, "unit": u} for k, (t, u) in FIGURES.items()},
             "last_reload": node.last_reload,
@@ -303,7 +323,7 @@ class StatusService:
         return out
 
 
-def _host_summary(host: Any) -> dict[str, Any] | None:
+def _host_summary(host: HostCollector | None) -> dict[str, Any] | None:
     if host is None or host.last is None:
         return None
     r = host.last

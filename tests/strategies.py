@@ -88,6 +88,75 @@ def native_payloads(draw: st.DrawFn) -> object:
     return draw(st.one_of(obj, st.lists(obj, max_size=3), json_values))
 
 
+NativeRows = tuple[list[tuple[dict[str, str], int, float]], list[tuple[dict[str, str], int, bytes]],
+                   list[tuple[str, int]]]
+
+
+@st.composite
+def native_requests(draw: st.DrawFn, now_ms: int) -> tuple[object, NativeRows]:
+    """A valid native request (one object or a list) and, worked out here independently of the
+    parser, the rows it carries: metrics (labels with ``__name__`` and ``device``, ts, value),
+    logs (labels with ``device`` and ``level``, ts, line) and heartbeats (device, ts)."""
+    devices = st.text(st.characters(min_codepoint=0x20, codec="utf-8"), min_size=1, max_size=12)
+    labels = st.dictionaries(label_names, label_values, max_size=3)
+    timestamps = st.integers(TS_MIN, TS_MAX)
+    metrics: list[tuple[dict[str, str], int, float]] = []
+    logs: list[tuple[dict[str, str], int, bytes]] = []
+    beats: list[tuple[str, int]] = []
+    objs: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(1, 3))):
+        dev = draw(devices)
+        obj: dict[str, Any] = {"device_id": dev}
+        base = draw(labels) if draw(st.booleans()) else None
+        if base is not None:
+            obj["labels"] = base
+        base = {**(base or {}), "device": dev}
+        obj["metrics"] = []
+        for _ in range(draw(st.integers(0, 4))):
+            m: dict[str, Any] = {"name": draw(metric_names), "value": draw(values)}
+            if draw(st.booleans()):
+                m["ts"] = draw(timestamps)
+            if draw(st.booleans()):
+                m["labels"] = draw(labels)
+            obj["metrics"].append(m)
+            metrics.append(({**base, **m.get("labels", {}), "__name__": m["name"]},
+                            m.get("ts", now_ms), m["value"]))
+        if draw(st.booleans()):
+            obj["series"] = []
+            for _ in range(draw(st.integers(1, 2))):
+                tss = draw(st.lists(timestamps, min_size=1, max_size=4))
+                sr: dict[str, Any] = {"name": draw(metric_names), "ts": tss,
+                                      "values": draw(st.lists(values, min_size=len(tss),
+                                                              max_size=len(tss)))}
+                if draw(st.booleans()):
+                    sr["labels"] = draw(labels)
+                obj["series"].append(sr)
+                key = {**base, **sr.get("labels", {}), "__name__": sr["name"]}
+                metrics.extend((key, t, v) for t, v in zip(tss, sr["values"], strict=True))
+        if draw(st.booleans()):
+            obj["logs"] = []
+            for _ in range(draw(st.integers(1, 3))):
+                rec: dict[str, Any] = {"line": draw(st.text(max_size=40))}
+                if draw(st.booleans()):
+                    rec["level"] = draw(st.sampled_from(["info", "ERROR", "Warn", "debug"]))
+                if draw(st.booleans()):
+                    rec["ts"] = draw(timestamps)
+                if draw(st.booleans()):
+                    rec["labels"] = draw(labels)
+                obj["logs"].append(rec)
+                logs.append(({**base, **rec.get("labels", {}),
+                              "level": rec.get("level", "info").lower()},
+                             rec.get("ts", now_ms), rec["line"].encode()))
+        if draw(st.booleans()) or not (metrics or logs or beats):
+            obj["heartbeat"] = True
+            if draw(st.booleans()):
+                obj["ts"] = draw(timestamps)
+            beats.append((dev, obj.get("ts", now_ms)))
+        objs.append(obj)
+    doc = objs if len(objs) > 1 or draw(st.booleans()) else objs[0]
+    return doc, (metrics, logs, beats)
+
+
 def _prom_escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 

@@ -1,34 +1,22 @@
-"""What central's stores and sinks provide (two small ``Protocol``s) and the shared types.
+"""What central's stores and sinks provide (two small ``Protocol``s), and the node keys.
 
 A **state store** (embedded SQLite, or PostgreSQL) holds the node registry, each node's series
 dictionary, the dedup marks, the device registry and heartbeat history, and keeps the data of any
 kind that has no external sink. A **sink** (VictoriaMetrics, Loki, ClickHouse, Valkey) receives
 one kind of routed data; every sink write is idempotent on its own, so a batch written again after
-a crash changes nothing there.
+a crash changes nothing there. The types both read (:class:`~central.model.Job`,
+:class:`~central.model.NodeInfo`, :class:`~central.model.Pending`) live in :mod:`central.model`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from edge_node.wire import Batch
 
-from ..errors import MissingSeries
-
-if TYPE_CHECKING:
-    from ..router import Job
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    node_id: str
-    org: str
-    created_ms: int
-    revoked_ms: int | None = None
-    site: str = ""
+from ..model import Job, NodeInfo, Pending
 
 
 def new_api_key() -> str:
@@ -39,33 +27,6 @@ def new_api_key() -> str:
 def hash_key(key: str) -> str:
     """Keys are random 256-bit secrets, so a plain SHA-256 is a safe one-way store."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass
-class Pending:
-    """A batch not applied yet: its full series dictionary and the sinks that already took it."""
-
-    labels: dict[int, dict[str, str]]
-    new_defs: list[tuple[int, dict[str, str]]]
-    done_sinks: set[str] = field(default_factory=set)
-
-
-def pending_from(known: dict[int, dict[str, str]], batch: Batch, sids: list[int],
-                 done_sinks: set[str]) -> Pending:
-    """Resolve ``sids`` against the stored dictionary ``known`` plus the batch's definitions.
-
-    Raises:
-        MissingSeries: some sid is defined nowhere (the edge resends definitions on 409).
-    """
-    new_defs = [(sid, lbl) for sid, lbl in batch.series_defs if sid not in known]
-    if all(map(known.__contains__, sids)):  # the common case: every series defined before
-        return Pending(known, new_defs, done_sinks)
-    unknown = set(sids).difference(known)
-    defs = dict(new_defs)
-    missing = sorted(unknown.difference(defs))
-    if missing:
-        raise MissingSeries(missing)
-    return Pending({**known, **defs}, new_defs, done_sinks)
 
 
 class StateStore(Protocol):

@@ -20,13 +20,15 @@ import time
 
 import numpy as np
 
-from edge_node.aggregate import parse_duration, split_output_name
+from edge_node.durations import parse_duration
+from edge_node.rollup_names import split_output_name
+from edge_node.runtime import Clock
 
 from ..alert_rows import alert_events
 from ..errors import SchemaOutdated
 from ..migrations import load
+from ..model import Job
 from ..rollup import minute_rollups
-from ..router import Job
 from .http import is_up, new_client, request
 
 log = logging.getLogger("fleet_central.clickhouse")
@@ -146,15 +148,28 @@ def alert_history_rows(job: Job) -> list[bytes]:
 
 
 class ClickHouseSink:
+    """Metric rollups, edge rollups and alert history into ClickHouse.
+
+    Args:
+        url: the HTTP interface.
+        database: created by ``migrate``.
+        retention_days: rows older than this are not written (and expire); 0 keeps everything.
+        timeout_s: per request.
+        retry_after_s: what a 503 tells the edge while ClickHouse is down.
+        clock: wall-clock seconds (the ``applied_at`` of each migration).
+    """
+
     name = "clickhouse"
     kinds = frozenset({"metrics", "rollups", "alerts"})
     stores_rows = False  # rollups are derived; the raw rows live in VictoriaMetrics
 
     def __init__(self, url: str, *, database: str = "fleetd_analytics", retention_days: int = 0,
-                 timeout_s: float = 15.0, retry_after_s: int = 5) -> None:
+                 timeout_s: float = 15.0, retry_after_s: int = 5,
+                 clock: Clock = time.time) -> None:
         self.url = url.rstrip("/") + "/"
         self.db = database
         self.retention_days = retention_days
+        self.clock = clock
         self.retry_after_s = retry_after_s
         self.client = new_client(timeout_s)
         self.version: tuple[int, ...] = ()
@@ -199,7 +214,7 @@ class ClickHouseSink:
                 await self.query(stmt)
             await self.query(f"INSERT INTO {self.db}.schema_migrations FORMAT JSONEachRow",
                              json.dumps({"version": num, "name": name,
-                                         "applied_at": int(time.time())}).encode())
+                                         "applied_at": int(self.clock())}).encode())
             done.append(name)
         return done
 

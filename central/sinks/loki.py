@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ..router import Job
+from ..model import Job
 from .http import is_up, new_client, origin, request
 
 STREAM_LABELS = ("org", "node", "site", "device", "level", "app")

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import msgspec
-import trio
 
+from edge_node.runtime import Clock, Runner, ThreadRunner, clock_ms
 from edge_node.wire import VALUE_KINDS, Batch
 
 from ..alert_rows import alert_events
 from ..errors import RegistryError, SinkUnavailable
-from ..router import Job
-from .base import NodeInfo, Pending, hash_key, new_api_key, pending_from
+from ..model import Job, NodeInfo, Pending, pending_from
+from .base import hash_key, new_api_key
 
 T = TypeVar("T")
 
@@ -83,18 +83,23 @@ CREATE VIEW IF NOT EXISTS logs_v AS
 _json_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class SQLiteStore:
-    """Central's embedded store. Blocking work runs on one thread (``CapacityLimiter(1)``)."""
+    """Central's embedded store. Blocking work runs on one thread at a time.
+
+    Args:
+        data_dir: where ``central.sqlite3`` lives.
+        clock: wall-clock seconds (registration, applied, last-seen and received stamps).
+        runner: runs the blocking database calls (a ``ThreadRunner(1)``: one connection, one
+            thread at a time).
+    """
 
     name = "sqlite"
 
-    def __init__(self, data_dir: str | Path) -> None:
+    def __init__(self, data_dir: str | Path, *, clock: Clock = time.time,
+                 runner: Runner | None = None) -> None:
         self.path = Path(data_dir) / "central.sqlite3"
-        self.limiter = trio.CapacityLimiter(1)
+        self.clock = clock
+        self.runner: Runner = ThreadRunner(1) if runner is None else runner
         self.conn: sqlite3.Connection | None = None
         # (node, epoch) -> {sid: labels}: definitions never change, so caching is safe
         self._dict_cache: dict[tuple[str, str], dict[int, dict[str, str]]] = {}
@@ -117,12 +122,12 @@ class SQLiteStore:
         return self.conn
 
     async def open(self) -> None:
-        await trio.to_thread.run_sync(self.open_sync, limiter=self.limiter)
+        await self.runner(self.open_sync)
 
     async def close(self) -> None:
         if self.conn is not None:
             conn, self.conn = self.conn, None
-            await trio.to_thread.run_sync(conn.close, limiter=self.limiter)
+            await self.runner(conn.close)
 
     async def ready(self) -> bool:
         def check() -> bool:
@@ -130,7 +135,7 @@ class SQLiteStore:
             return True
 
         try:
-            return await trio.to_thread.run_sync(check, limiter=self.limiter)
+            return await self.runner(check)
         except sqlite3.Error:
             return False
 
@@ -143,7 +148,7 @@ class SQLiteStore:
         try:
             conn.execute("INSERT INTO nodes(node_id, org, key_hash, created_ms, site) "
                          "VALUES (?, ?, ?, ?, ?)",
-                         (node_id, org, hash_key(key), _now_ms(), site))
+                         (node_id, org, hash_key(key), clock_ms(self.clock), site))
         except sqlite3.IntegrityError:
             raise RegistryError(f"node {node_id!r} already exists (revoke it first, or "
                                 "use 'nodes rotate')") from None
@@ -161,7 +166,7 @@ class SQLiteStore:
     def revoke_node(self, node_id: str) -> None:
         cur = self.open_sync().execute(
             "UPDATE nodes SET revoked_ms=? WHERE node_id=? AND revoked_ms IS NULL",
-            (_now_ms(), node_id))
+            (clock_ms(self.clock), node_id))
         if cur.rowcount == 0:
             raise RegistryError(f"node {node_id!r} is not registered or already revoked")
 
@@ -179,13 +184,13 @@ class SQLiteStore:
                 return None
             return NodeInfo(node_id=row[0], org=row[1], created_ms=row[2], site=row[4])
 
-        return await trio.to_thread.run_sync(lookup, limiter=self.limiter)
+        return await self.runner(lookup)
 
     # -- applying batches (the StateStore protocol) --------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            return await self.runner(fn, *args)
         except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
             raise SinkUnavailable("sqlite", str(exc)) from exc
 
@@ -232,7 +237,8 @@ class SQLiteStore:
         try:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO applied(node_id, epoch, seq, kind, rows, applied_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (nid, epoch, job.seq, job.kind, job.rows, _now_ms()))
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (nid, epoch, job.seq, job.kind, job.rows, clock_ms(self.clock)))
             if cur.rowcount == 0:  # another writer applied it meanwhile
                 conn.execute("ROLLBACK")
                 return False
@@ -249,7 +255,8 @@ class SQLiteStore:
                          "(seq=? OR seq<?)", (nid, epoch, job.seq, low_watermark))
             conn.execute("INSERT INTO totals(kind, rows) VALUES (?, ?) ON CONFLICT(kind) "
                          "DO UPDATE SET rows=rows+excluded.rows", (job.kind, job.rows))
-            conn.execute("UPDATE nodes SET last_seen_ms=? WHERE node_id=?", (_now_ms(), nid))
+            conn.execute("UPDATE nodes SET last_seen_ms=? WHERE node_id=?",
+                         (clock_ms(self.clock), nid))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -260,8 +267,7 @@ class SQLiteStore:
             cache[sid] = lbl
         return True
 
-    @staticmethod
-    def _write_rows(conn: sqlite3.Connection, job: Job, keep_kind: bool) -> None:
+    def _write_rows(self, conn: sqlite3.Connection, job: Job, keep_kind: bool) -> None:
         nid = job.node.node_id
         sids = job.sid_column().tolist() if keep_kind or job.kind == "heartbeats" else []
         tss = job.ts.tolist()
@@ -278,13 +284,14 @@ class SQLiteStore:
                     [ln.decode("utf-8", "replace") for ln in job.lines], strict=True))
         elif job.kind == "alerts" and keep_kind and job.lines is not None:
             events, _ = alert_events(job)
+            received = clock_ms(self.clock)
             conn.executemany(
                 "INSERT OR IGNORE INTO alert_events(node_id, fingerprint, status, starts_ms, "
                 "ends_ms, alertname, severity, device, site, labels, annotations, received_ms) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(nid, e.fingerprint, e.status, e.starts_ms, e.ends_ms, e.alertname,
                   e.severity, e.device, e.site, json.dumps(e.labels, sort_keys=True),
-                  json.dumps(e.annotations, sort_keys=True), _now_ms()) for e in events])
+                  json.dumps(e.annotations, sort_keys=True), received) for e in events])
             return  # alert labels name the device they are about, not one that reported
         elif job.kind == "heartbeats":
             conn.executemany(

@@ -28,8 +28,7 @@ import trio_asyncio
 from edge_node.wire import Batch
 
 from ..errors import SinkUnavailable
-from ..router import Job
-from .base import NodeInfo
+from ..model import Job, NodeInfo
 
 log = logging.getLogger("fleet_central.valkey")
 

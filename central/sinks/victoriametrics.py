@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ..router import Job
+from ..model import Job
 from .http import is_up, new_client, origin, request
 
 log = logging.getLogger("fleet_central.victoriametrics")

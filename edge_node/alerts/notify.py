@@ -30,12 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durations import format_rfc3339_ms
 from ..errors import HooksError
 from .rules import RESOLVED_RETENTION_MS, Alert
 
@@ -195,29 +195,12 @@ def group_key(alert: Alert, route: Route) -> str:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
 
-def parse_rfc3339_ms(text: str) -> int:
-    """``2026-11-28T10:00:00.123Z`` to Unix milliseconds; 0 for Go's zero time (or empty)."""
-    import calendar
-
-    if not text or text.startswith("0001-01-01"):
-        return 0
-    base, _, frac = text.rstrip("Z").partition(".")
-    secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-    return secs * 1000 + int((frac or "0")[:3].ljust(3, "0"))
-
-
-def _rfc3339(ms: int) -> str:
-    if ms <= 0:
-        return "0001-01-01T00:00:00Z"
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
-
-
 def alert_doc(a: Alert, generator_url: str = "") -> dict[str, Any]:
     """One alert as Alertmanager's webhook payload lists it."""
     status = "resolved" if a.state == "resolved" else "firing"
     return {"status": status, "labels": dict(a.labels), "annotations": dict(a.annotations),
-            "startsAt": _rfc3339(a.fired_at_ms or a.active_at_ms),
-            "endsAt": _rfc3339(a.resolved_at_ms) if status == "resolved" else
+            "startsAt": format_rfc3339_ms(a.fired_at_ms or a.active_at_ms),
+            "endsAt": format_rfc3339_ms(a.resolved_at_ms) if status == "resolved" else
             "0001-01-01T00:00:00Z",
             "generatorURL": generator_url, "fingerprint": a.fingerprint,
             "value": a.value}
@@ -248,10 +231,10 @@ def alertmanager_alerts(alerts: Sequence[Alert], generator_url: str = "") -> lis
     out = []
     for a in alerts:
         d: dict[str, Any] = {"labels": dict(a.labels), "annotations": dict(a.annotations),
-                             "startsAt": _rfc3339(a.fired_at_ms or a.active_at_ms),
+                             "startsAt": format_rfc3339_ms(a.fired_at_ms or a.active_at_ms),
                              "generatorURL": generator_url}
         if a.state == "resolved":
-            d["endsAt"] = _rfc3339(a.resolved_at_ms)
+            d["endsAt"] = format_rfc3339_ms(a.resolved_at_ms)
         out.append(d)
     return out
 

@@ -1,15 +1,19 @@
 """What every ingest protocol shares (sans-IO): label checks, limits, device identity.
 
-A :class:`SeriesBuilder` turns a protocol's (name, labels) into the buffer's
+:class:`LabelRules` are the metric-name and label checks of the ``[ingest]`` limits (name
+syntax, name and value lengths), one copy for every protocol. A :class:`SeriesBuilder` (which
+applies them) turns a protocol's (name, labels) into the buffer's
 :data:`~edge_node.model.SeriesKey`, checking names and limits once per distinct label set
 within a request, and giving every series a ``device`` label from the first of the configured
 device-identity labels it carries (``ingest.device_labels``: ``device,device_id,host,instance``
-by default), so heartbeats, last-seen and per-device limits work whatever the protocol.
+by default), so heartbeats, last-seen and per-device limits work whatever the protocol. The
+native API, whose device comes from its own field, applies the rules without the builder.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from ..config import IngestConfig
@@ -53,13 +57,44 @@ def device_labels(cfg: IngestConfig) -> tuple[str, ...]:
     return tuple(x.strip() for x in cfg.device_labels.split(",") if x.strip())
 
 
-class SeriesBuilder:
+class LabelRules:
+    """The metric-name and label checks of the ``[ingest]`` limits, for every protocol."""
+
+    def __init__(self, cfg: IngestConfig) -> None:
+        self.cfg = cfg
+
+    def name_problem(self, name: str) -> str | None:
+        """What is wrong with metric name ``name`` (not a name, too long), or None."""
+        if not METRIC_RE.match(name):
+            return f"invalid metric name {name!r:.80}: must match [a-zA-Z_:][a-zA-Z0-9_:]*"
+        if len(name) > self.cfg.max_label_name_length:
+            return f"metric name longer than {self.cfg.max_label_name_length} characters"
+        return None
+
+    def labels_problem(self, labels: Iterable[tuple[str, str]]) -> tuple[str, str, bool] | None:
+        """The first bad label as (its name, what is wrong, whether its value is), or None:
+        an invalid or reserved ``__name__`` name, a name longer than
+        ``max_label_name_length``, a value longer than ``max_label_value_length``."""
+        for k, v in labels:
+            if not LABEL_RE.match(k) or k == NAME_LABEL:
+                return k, (f"invalid label name {k!r:.80}: must match [a-zA-Z_][a-zA-Z0-9_]*"
+                           + (" (__name__ is the metric name)" if k == NAME_LABEL else "")), False
+            if len(k) > self.cfg.max_label_name_length:
+                return k, (f"label name {k[:32]!r}... is longer than "
+                           f"{self.cfg.max_label_name_length} characters"), False
+            if len(v) > self.cfg.max_label_value_length:
+                return k, (f"label {k!r} is longer than {self.cfg.max_label_value_length} "
+                           "characters"), True
+        return None
+
+
+class SeriesBuilder(LabelRules):
     """Builds series keys for one request and enforces the per-request limits."""
 
     def __init__(self, cfg: IngestConfig, target: dict[str, str] | None = None) -> None:
         """``target``: labels of a scrape target (``job``, ``instance``, ...); they win over
         a sample's own label of the same name, which is kept as ``exported_<name>``."""
-        self.cfg = cfg
+        super().__init__(cfg)
         self.target = target or {}
         self.identity = device_labels(cfg)
         self._keys: dict[tuple[str, tuple[tuple[str, str], ...]], SeriesKey] = {}
@@ -70,11 +105,8 @@ class SeriesBuilder:
         got = self._keys.get(cache_key)
         if got is not None:
             return got
-        if not METRIC_RE.match(name):
-            raise BadRequest(f"invalid metric name {name!r}", field=where)
-        if len(name) > self.cfg.max_label_name_length:
-            raise BadRequest(f"metric name longer than {self.cfg.max_label_name_length} "
-                             "characters", field=where)
+        if problem := self.name_problem(name):
+            raise BadRequest(problem, field=where)
         key = self._build({NAME_LABEL: name}, labels, where)
         self._keys[cache_key] = key
         return key
@@ -92,15 +124,9 @@ class SeriesBuilder:
         if len(labels) > self.cfg.max_labels_per_series:
             raise BadRequest(f"{len(labels)} labels, more than the limit of "
                              f"{self.cfg.max_labels_per_series}", field=where)
+        if problem := self.labels_problem(labels):
+            raise BadRequest(problem[1], field=where)
         for k, v in labels:
-            if not LABEL_RE.match(k) or k == NAME_LABEL:
-                raise BadRequest(f"invalid label name {k!r}", field=where)
-            if len(k) > self.cfg.max_label_name_length:
-                raise BadRequest(f"label name {k[:32]!r}... is longer than "
-                                 f"{self.cfg.max_label_name_length} characters", field=where)
-            if len(v) > self.cfg.max_label_value_length:
-                raise BadRequest(f"label {k!r} is longer than "
-                                 f"{self.cfg.max_label_value_length} characters", field=where)
             if k in self.target:
                 k = "exported_" + k
             if k in out:

@@ -18,6 +18,7 @@ from edge_node.config import AlertsConfig
 from edge_node.metrics import Registry
 from edge_node.model import IngestBatch
 from tests.conftest import Central, jsonl
+from tests.seams import InlineRunner, virtual_clock
 
 T0 = 1_795_839_600.0  # wall-clock seconds at virtual time 0
 
@@ -27,7 +28,7 @@ def service(tmp: Path, hooks: HooksConfig, groups: list | None = None,
     cfg = AlertsConfig(builtin_interval_s=30, device_offline_after_s=300)
     groups = groups if groups is not None else [builtin_group(cfg)]
     return AlertService(groups, hooks, "gw-1", tmp, Registry("fleet_edge"),
-                        clock=lambda: T0 + trio.current_time(), client=client, inline=True)
+                        clock=virtual_clock(T0), client=client, runner=InlineRunner())
 
 
 def beat(svc: AlertService, device: str) -> None:
@@ -276,7 +277,7 @@ def notifications_in(path: Path) -> list[dict]:
 
 
 def test_outbox_keeps_order_behind_a_retry(tmp_path: Path) -> None:
-    from edge_node.alerts.service import AlertDB
+    from edge_node.alerts.db import AlertDB
 
     db = AlertDB(tmp_path / "a.sqlite3")
     db.commit(1000, {}, [("h", "d1", "g", "firing", "{}"), ("h", "d2", "g", "resolved", "{}"),
@@ -309,7 +310,7 @@ async def test_recent_data_is_seeded_from_the_buffer(tmp_path: Path) -> None:
         {"alert": "HotForAWhile", "expr": "min_over_time(temp[1m]) > 30",
          "annotations": {"summary": "{{ $value }}"}}]}]})
     svc = AlertService(groups, HooksConfig(), "gw", tmp_path, Registry("fleet_edge"),
-                       labels_of=store.labels_of, inline=True)
+                       labels_of=store.series.key, runner=InlineRunner())
     assert svc.seed_from_buffer(store.recent_metrics) == 4
     (event,) = await svc.evaluate(groups[0])
     assert event.kind == "firing" and event.alert.value == 40.0

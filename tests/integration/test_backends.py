@@ -422,8 +422,8 @@ async def test_edge_rollups_land_in_victoriametrics_and_clickhouse(backends: Bac
              580)]
         # the same rows inserted again (a crash between the insert and its mark) collapse
         sink = next(s for s in run.pipeline.sinks if s.name == "clickhouse")
+        from central.model import NodeInfo
         from central.router import make_job
-        from central.sinks.base import NodeInfo
         from edge_node.wire import decode_batch, decode_segment
 
         b = decode_batch(rollups_batch(run.node, 1))

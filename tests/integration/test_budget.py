@@ -28,7 +28,7 @@ async def test_budget_drops_oldest_and_keeps_heartbeats(tmp_path: Path) -> None:
             r = await c.post(url, json=body)
             assert r.status_code == 204
             await node.buffer.roll_now()
-        stats = node.buffer.store.stats()
+        stats = await node.buffer.refresh_stats()
         text = (await c.get(node.url + "/metrics")).text
     assert stats.used_bytes <= 1.2 * 1024 * 1024
     assert stats.pending["heartbeats"] == 60  # never dropped

@@ -10,13 +10,13 @@ import httpx
 import pytest
 import trio
 
-from edge_node.buffer import Store
+from edge_node.buffer import BufferService, Store
 from edge_node.forward import Forwarder
 from edge_node.metrics import Registry
 from edge_node.model import IngestBatch
 from edge_node.wire import decode_batch, decode_segment
-from edge_node.writer import BufferService
 from tests.conftest import edge_config
+from tests.seams import InlineRunner
 
 NOW = 1_795_839_600_000
 
@@ -33,10 +33,13 @@ def _batch(n: int) -> IngestBatch:
 async def _run(tmp_path: Path, handler: Callable[[httpx.Request], httpx.Response],
                until: Callable[[BufferService, Forwarder], bool],
                prepare: Callable[[Store], None] | None = None
-               ) -> tuple[BufferService, Forwarder]:
+               ) -> tuple[Store, Forwarder]:
+    """Run a buffer and a forwarder until ``until``; the buffer's store for the checks."""
     cfg = edge_config(tmp_path)
     reg = Registry("t")
-    buf = BufferService(Store(cfg.db_path), cfg.buffer, reg, inline=True)
+    store = Store(cfg.db_path)
+    buf = BufferService(store, cfg.buffer, reg, runner=InlineRunner(),
+                        merge_runner=InlineRunner())
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     fwd = Forwarder(cfg, buf, client, reg)
     async with trio.open_nursery() as n:
@@ -44,13 +47,13 @@ async def _run(tmp_path: Path, handler: Callable[[httpx.Request], httpx.Response
         n.start_soon(fwd.run)
         await buf.write(_batch(30))
         if prepare is not None:
-            prepare(buf.store)
+            prepare(store)
         await buf.roll_now()
         with trio.fail_after(3600):
             while not until(buf, fwd):
                 await trio.sleep(0.5)
         n.cancel_scope.cancel()
-    return buf, fwd
+    return store, fwd
 
 
 async def test_retries_honour_retry_after_and_ack_once(tmp_path: Path,
@@ -66,13 +69,13 @@ async def test_retries_honour_retry_after_and_ack_once(tmp_path: Path,
         return httpx.Response(200, json={"status": "applied"})
 
     t0 = trio.current_time()
-    buf, fwd = await _run(tmp_path, handler, lambda b, f: f.m_acked.get("metrics") > 0)
+    store, fwd = await _run(tmp_path, handler, lambda b, f: f.m_acked.get("metrics") > 0)
     assert [s for _, s in seen] == [seen[0][1]] * 3  # same batch, same seq each time
     assert seen[1][0] - seen[0][0] >= 30 and seen[2][0] - seen[1][0] >= 30
     assert seen[2][0] - t0 < 120
     assert fwd.m_acked.get("metrics") == 30
     assert fwd.m_errors.get("503") == 2
-    assert buf.store.stats().pending["metrics"] == 0
+    assert store.stats().pending["metrics"] == 0
 
 
 async def test_network_errors_back_off_and_never_give_up(
@@ -96,10 +99,10 @@ async def test_malformed_batch_goes_to_dead_letters(tmp_path: Path,
     def handler(req: httpx.Request) -> httpx.Response:
         return httpx.Response(400, json={"error": "segment is inconsistent"})
 
-    buf, fwd = await _run(tmp_path, handler, lambda b, f: f.m_dead.get("metrics") > 0)
-    (dl,) = buf.store.dead_letters()
+    store, fwd = await _run(tmp_path, handler, lambda b, f: f.m_dead.get("metrics") > 0)
+    (dl,) = store.dead_letters()
     assert dl["reason"] == "segment is inconsistent" and dl["n"] == 30
-    assert buf.store.next_segment() is None
+    assert store.next_segment() is None
 
 
 async def test_new_series_definitions_travel_once(tmp_path: Path,
@@ -110,9 +113,9 @@ async def test_new_series_definitions_travel_once(tmp_path: Path,
         defs_seen.append(len(decode_batch(req.content).series_defs))
         return httpx.Response(200, json={})
 
-    buf, _ = await _run(tmp_path, handler, lambda b, f: f.m_acked.get("metrics") > 0)
+    store, _ = await _run(tmp_path, handler, lambda b, f: f.m_acked.get("metrics") > 0)
     assert defs_seen == [3]  # the first send carries the 3 new series
-    assert buf.store.unacked_series_count() == 0  # ...and they are known to central now
+    assert store.unacked_series_count() == 0  # ...and they are known to central now
 
 
 async def test_missing_series_are_resent(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
@@ -144,8 +147,8 @@ async def test_auth_failures_keep_the_data(tmp_path: Path, autojump_clock: trio.
         calls.append(1)
         return httpx.Response(status, json={"error": "unknown or revoked node key"})
 
-    buf, fwd = await _run(tmp_path, handler, lambda b, f: len(calls) >= 5)
-    assert buf.store.stats().pending["metrics"] == 30
+    store, fwd = await _run(tmp_path, handler, lambda b, f: len(calls) >= 5)
+    assert store.stats().pending["metrics"] == 30
     assert "unknown or revoked" in fwd.last_error
 
 
@@ -157,8 +160,8 @@ async def test_dead_letters_cli_lists_and_requeues(tmp_path: Path,
     def handler(req: httpx.Request) -> httpx.Response:
         return httpx.Response(400, json={"error": "segment is inconsistent"})
 
-    buf, _ = await _run(tmp_path, handler, lambda b, f: f.m_dead.get("metrics") > 0)
-    buf.store.close()
+    store, _ = await _run(tmp_path, handler, lambda b, f: f.m_dead.get("metrics") > 0)
+    store.close()
     cfg = tmp_path / "edge.toml"
     cfg.write_text(f'node_id = "edge-1"\ndata_dir = "{tmp_path / "edge"}"\n'
                    '[central]\nurl = "http://127.0.0.1:9"\napi_key = "k"\n')

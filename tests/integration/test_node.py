@@ -78,7 +78,7 @@ async def test_bad_requests_store_nothing(tmp_path: Path, central: Central) -> N
         r = await c.get(url)
         assert r.status_code == 405 and r.headers["allow"] == "POST"
         assert node.buffer.m_commits.get() == 0
-        assert sum(node.buffer.store.stats().pending.values()) == 0
+        assert sum((await node.buffer.refresh_stats()).pending.values()) == 0
         r = await c.post(url, json=good)
         assert r.status_code == 204
         await wait_for(lambda: central.counts() == {"metrics": 3, "logs": 1, "heartbeats": 1})

@@ -61,8 +61,8 @@ async def test_clickhouse_without_ttl_drops_expired_partitions(ch_server: server
         assert await sink.server_version() < (19, 6)  # the Debian package: no TTL
         ddl = ch_query(ch_server.url, f"SHOW CREATE TABLE ret_{backends.tag}.metric_rollups_1m")
         assert "TTL" not in ddl[0]["statement"]
+        from central.model import NodeInfo
         from central.router import make_job
-        from central.sinks.base import NodeInfo
 
         node = NodeInfo("gw", "acme", 0)
         now = int(time.time() * 1000)

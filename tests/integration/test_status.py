@@ -109,7 +109,7 @@ async def test_status_document_host_metrics_and_readiness(
         assert (await c.post(node.url + path, json=body)).status_code == 204
         await node.buffer.roll_now()
         node.buffer.max_bytes = 1024
-        await wait_for(lambda: node.buffer.stats_cache.pending and True)
+        await wait_for(lambda: node.buffer.stats.pending and True)
         r = await c.get(node.url + "/readyz")
         assert r.status_code == 503
         assert "central is unreachable" in r.json()["reasons"][0]
@@ -241,7 +241,7 @@ async def test_a_reload_that_fails_part_way_keeps_the_node_running(
         async def broken(*_: object) -> None:
             raise OSError("disk I/O error")
 
-        monkeypatch.setattr(node.buffer, "set_rules", broken)
+        monkeypatch.setattr(node.buffer, "set_stage", broken)
         r = await node.reload()
         assert not r["ok"] and "disk I/O error" in r["error"]
         path, body = _ingest("cam-1", 20.0)
@@ -249,7 +249,7 @@ async def test_a_reload_that_fails_part_way_keeps_the_node_running(
         monkeypatch.undo()
         r = await node.reload()
         assert r["ok"] and "aggregate" in r["applied"]
-        assert node.buffer.stage is not None and len(node.buffer.stage.rules) == 1
+        assert node.aggregation is not None and len(node.aggregation.rules) == 1
 
 
 async def test_reload_starts_retunes_and_stops_the_host_collector(tmp_path: Path,

@@ -395,7 +395,7 @@ def test_increase_across_resets_matches_reference(rows: list[tuple[SeriesKey, in
     min_size=1, max_size=200))
 def test_group_sketches_equal_sketching_each_group_alone(rows: list[tuple[int, float]]) -> None:
     """The vectorised per-group sketch update matches one DDSketch per group."""
-    from edge_node.sketch import DDSketch
+    from edge_node.aggregate.sketch import DDSketch
 
     f = Feed([{"match": "m", "interval": "1m", "by": ["g"], "outputs": ["quantiles(0.5)"]}])
     f.push([(key("m", g=str(g)), T0 + i, v) for i, (g, v) in enumerate(rows)])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_node.buffer import Store
-from edge_node.model import IngestBatch, SeriesKey
+from edge_node.model import IngestBatch
 from edge_node.wire import concat_columns, decode_segment, encode_segment
 
 NOW = 1_795_839_600_000
@@ -32,21 +32,18 @@ def _batch(n: int, *, device: str = "d", logs: int = 0, hb: bool = False,
 
 
 class Interner:
+    """The ingest side of the buffer, without the service: ids from the store's series
+    dictionary, the new definitions committed with the rows."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.ids, self.next = store.load_series()
 
     def append(self, *batches: IngestBatch) -> None:
-        new: list[tuple[int, SeriesKey]] = []
-        for b in batches:
-            for k in [*b.metric_keys, *b.log_keys, *b.hb_keys]:
-                if k not in self.ids:
-                    self.ids[k] = self.next
-                    new.append((self.next, k))
-                    self.next += 1
-        self.store.append(new, [(b, ([self.ids[k] for k in b.metric_keys],
-                                     [self.ids[k] for k in b.log_keys],
-                                     [self.ids[k] for k in b.hb_keys])) for b in batches])
+        ids = self.store.series.ids
+        tagged = [(b, (ids(b.metric_keys), ids(b.log_keys), ids(b.hb_keys))) for b in batches]
+        new = self.store.series.unsaved()
+        self.store.append(new, tagged)
+        self.store.series.saved(len(new))
 
 
 @pytest.fixture
@@ -83,8 +80,7 @@ def test_series_and_epoch_survive_reopen(tmp_path: Path) -> None:
     epoch = s.epoch
     s.close()
     s2 = Store(tmp_path / "b.sqlite3")
-    ids, nxt = s2.load_series()
-    assert len(ids) == 10 and nxt == 11
+    assert len(s2.series) == 10 and s2.series.next_id == 11
     assert s2.epoch == epoch
     assert s2.stats().pending["metrics"] == 20
     s2.close()

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from central.config import Settings
 from central.errors import MissingSeries, SettingsError
+from central.model import NodeInfo, pending_from
 from central.rollup import WINDOW_MS, minute_rollups
 from central.router import make_job, trusted_labels
-from central.sinks.base import NodeInfo, pending_from
 from central.sinks.clickhouse import migrations as ch_migrations
 from central.sinks.clickhouse import parse_version, render, rollup_rows
 from central.sinks.loki import encode_push

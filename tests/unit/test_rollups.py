@@ -3,19 +3,21 @@ replay log), failed transactions, rule changes and compaction under disk pressur
 
 from __future__ import annotations
 
-from functools import partial
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edge_node.aggregate import parse_rules
-from edge_node.buffer import Store, now_ms
+from edge_node.aggregate.roll_stage import RollupStage
+from edge_node.buffer import BufferService, Store
 from edge_node.config import BufferConfig
 from edge_node.metrics import Registry
 from edge_node.model import IngestBatch, SeriesKey
 from edge_node.wire import decode_segment
-from edge_node.writer import BufferService
+from tests.seams import InlineRunner
 
 MIN = 60_000
 T0 = 1_795_839_600_000  # a whole hour
@@ -32,20 +34,33 @@ def key(name: str, **labels: str) -> SeriesKey:
     return tuple(sorted({"__name__": name, **labels}.items()))
 
 
-def open_buffer(path: Path, rules: list[dict[str, Any]] = RULES) -> BufferService:
-    return BufferService(Store(path), BufferConfig(), Registry("t"), rules=parse_rules(rules),
-                         checkpoint_interval_s=3600)
+@dataclass
+class Buf:
+    """The buffer's store with the aggregation stage the roll runs (what the service does,
+    step by step on the test's clock)."""
+
+    store: Store
+    stage: RollupStage
 
 
-def append(buf: BufferService, rows: list[tuple[SeriesKey, int, float]]) -> None:
+def open_buffer(path: Path, rules: list[dict[str, Any]] = RULES) -> Buf:
+    store = Store(path)
+    stage = RollupStage(parse_rules(rules), store.series.key, checkpoint_interval_s=3600)
+    stage.load(*store.agg_saved())
+    return Buf(store, stage)
+
+
+def append(buf: Buf, rows: list[tuple[SeriesKey, int, float]]) -> None:
     b = IngestBatch(metric_keys=[k for k, _, _ in rows], metric_ts=[t for _, t, _ in rows],
                     metric_values=[v for _, _, v in rows])
-    sids = buf.intern(b.metric_keys)
-    buf.store.append(list(buf.unsaved), [(b, (sids, [], []))])
-    buf.unsaved.clear()
+    series = buf.store.series
+    sids = series.ids(b.metric_keys)
+    new = series.unsaved()
+    buf.store.append(new, [(b, (sids, [], []))])
+    series.saved(len(new))
 
 
-def roll(buf: BufferService, now: int, force: bool = False) -> None:
+def roll(buf: Buf, now: int, force: bool = False) -> None:
     buf.store.roll(stage=buf.stage, now=now, force_checkpoint=force)
 
 
@@ -65,7 +80,7 @@ def workload(minute: int) -> list[tuple[SeriesKey, int, float]]:
 def outputs(store: Store) -> dict[tuple[str, int], float]:
     """Every rollup row in the buffer as {name{labels}: value}."""
     res = {}
-    labels = dict(store.series_labels(range(1, 10_000)))
+    labels = dict(store.series.labels(range(1, 10_000)))
     for (blob,) in store.conn.execute("SELECT blob FROM segments WHERE kind='rollups'"):
         cols = decode_segment(blob)
         assert cols.values is not None
@@ -87,7 +102,7 @@ def raw_rows(store: Store, summarised: int | None = None) -> int:
 LAG = 5_000
 
 
-def feed_minute(buf: BufferService, m: int) -> None:
+def feed_minute(buf: Buf, m: int) -> None:
     """A minute's samples in two requests, each rolled: the first roll closes the 1m window
     before last (a checkpoint), the second closes nothing, so the replay log holds samples."""
     rows = workload(m)
@@ -171,7 +186,7 @@ def test_failed_transaction_reloads_the_state(tmp_path: Path, monkeypatch: pytes
     ref = uninterrupted(tmp_path)
     buf = open_buffer(tmp_path / "b.sqlite3")
     store = buf.store
-    real = store._insert_segment
+    real = store.insert_segment
     calls = {"n": 0}
 
     def flaky(*a: Any, **k: Any) -> int:
@@ -185,10 +200,10 @@ def test_failed_transaction_reloads_the_state(tmp_path: Path, monkeypatch: pytes
             feed_minute(buf, m)
             continue
         append(buf, workload(m))
-        monkeypatch.setattr(store, "_insert_segment", flaky)
+        monkeypatch.setattr(store, "insert_segment", flaky)
         with pytest.raises(OSError, match="disk I/O"):
             roll(buf, T0 + m * MIN + LAG)  # fails after the aggregator took the chunk
-        monkeypatch.setattr(store, "_insert_segment", real)
+        monkeypatch.setattr(store, "insert_segment", real)
         roll(buf, T0 + m * MIN + LAG)  # the failed chunk is still in the journal
         roll(buf, T0 + m * MIN + LAG + 3000)
     roll(buf, T0 + 60 * MIN)
@@ -256,8 +271,8 @@ def test_rollup_series_defined_in_the_same_transaction(tmp_path: Path) -> None:
     assert n_out
     buf.store.close()
     again = Store(path)  # definitions of every rollup series are durable and unacked
-    ids, _ = again.load_series()
-    names = {dict(k)["__name__"] for k in ids}
+    ids = [key for _, key in again.series.labels(again.series.known_ids())]
+    names = {k["__name__"] for k in ids}
     assert "req_total:1m_increase" in names
     assert again.unacked_series_count() == len(ids)
     again.close()
@@ -265,12 +280,14 @@ def test_rollup_series_defined_in_the_same_transaction(tmp_path: Path) -> None:
 
 async def test_service_close_saves_a_checkpoint(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.sqlite3")
-    buf.inline = True
-    now = now_ms()
+    svc = BufferService(buf.store, BufferConfig(), Registry("t"), runner=InlineRunner(),
+                        merge_runner=InlineRunner())
+    await svc.set_stage(buf.stage)
+    now = int(time.time() * 1000)
     append(buf, [(key("cpu", site="s", device="d"), now - 1000 + i, float(i)) for i in range(5)])
-    await buf.run(partial(buf.store.roll, stage=buf.stage))  # on the real clock
+    buf.store.roll(stage=buf.stage)  # on the real clock
     assert buf.store.agg_saved()[1]
-    await buf.close()
+    await svc.close()
     assert not buf.store.agg_saved()[1] and buf.store.agg_saved()[0]
 
 

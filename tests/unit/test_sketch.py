@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_node.sketch import DDSketch
+from edge_node.aggregate.sketch import DDSketch
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 values = st.lists(st.one_of(finite, st.floats(-1e6, 1e6), st.integers(-1000, 1000).map(float)),

@@ -1,5 +1,5 @@
-"""Stream aggregation inside the buffer's roll: the glue between :mod:`edge_node.aggregate`
-(pure) and :class:`edge_node.buffer.Store` (SQL).
+"""Stream aggregation inside the buffer's roll: :mod:`edge_node.aggregate` (pure) as the
+buffer's :class:`~edge_node.buffer.RollStage` (sans-IO: the roll stores what it returns).
 
 Every roll hands the journal's metric rows to :meth:`RollupStage.split`, which feeds the
 aggregator and says which rows stay raw (and which of those the rollups summarise). The rows
@@ -18,36 +18,32 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
-import numpy as np
 import zstandard
 
-from .aggregate import Aggregator, Rule
-from .buffer import StageOutput, now_ms
-from .model import SeriesKey
-from .wire import Columns, decode_segment, encode_segment
-
-if TYPE_CHECKING:
-    from .buffer import Store
+from ..buffer.stage import ReplayLog, StageOutput, take
+from ..metrics import Registry
+from ..model import SeriesKey
+from ..runtime import Clock, clock_ms
+from ..wire import Columns, decode_segment, encode_segment
+from .aggregator import Aggregator
+from .rule import Rule
 
 log = logging.getLogger("fleet_edge.aggregate")
-
-InternDurable = Callable[[list[SeriesKey]], tuple[list[int], list[tuple[int, SeriesKey]]]]
 
 
 class RollupStage:
     """Runs the rules on the store's thread; :meth:`summary` may be read from any thread."""
 
-    def __init__(self, rules: Sequence[Rule], intern: InternDurable,
-                 labels_of: Callable[[int], SeriesKey | None], *,
-                 checkpoint_interval_s: float = 300.0, clock: Callable[[], int] | None = None
-                 ) -> None:
+    def __init__(self, rules: Sequence[Rule], labels_of: Callable[[int], SeriesKey | None], *,
+                 checkpoint_interval_s: float = 300.0, clock: Clock = time.time) -> None:
         self.rules = list(rules)
-        self.intern = intern
         self.labels_of = labels_of
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.checkpoint_ms = int(checkpoint_interval_s * 1000)
         self.agg = Aggregator(self.rules, labels_of, 0)
         self.last_checkpoint_ms = 0
@@ -61,8 +57,7 @@ class RollupStage:
 
     # -- RollStage ---------------------------------------------------------------------------
 
-    def load(self, store: Store) -> None:
-        saved, entries = store.agg_saved()
+    def load(self, saved: dict[str, tuple[bytes, int]], entries: ReplayLog) -> None:
         states: dict[str, Any] = {}
         since: dict[str, int] = {}
         for fp, (blob, log_id) in saved.items():
@@ -73,7 +68,7 @@ class RollupStage:
             except (ValueError, zstandard.ZstdError, msgpack.ExtraData) as exc:
                 log.error("aggregation state of rule %s is unreadable (%s): starting it afresh",
                           fp, exc)
-        now = self._now()
+        now = clock_ms(self._clock)
         with self._lock:
             self.agg = Aggregator(self.rules, self.labels_of, now, states)
             n = 0
@@ -103,11 +98,11 @@ class RollupStage:
             return [(cols, False, None)], None
         # the replay log holds the rows the rules took, in the segment codec; when they are
         # all kept raw too, the summarised segment's bytes serve as the log entry as well
-        summarised = _take(cols, keep & covered)
-        parts: list[tuple[Columns, bool, bytes | None]] = [(_take(cols, keep & ~covered), False,
+        summarised = take(cols, keep & covered)
+        parts: list[tuple[Columns, bool, bytes | None]] = [(take(cols, keep & ~covered), False,
                                                            None)]
         if (covered & ~keep).any():
-            logged = encode_segment(_take(cols, covered), level=1)
+            logged = encode_segment(take(cols, covered), level=1)
             parts.append((summarised, True, None))
         else:
             logged = encode_segment(summarised)
@@ -127,11 +122,7 @@ class RollupStage:
                 (st.closed_until for st in self.agg.rules), default=0),
                 rules=frozenset(r.fingerprint for r in self.rules))
             if len(out):
-                sids, new = self.intern(out.keys)
-                res.rollups = Columns("rollups", np.asarray(sids, np.int64),
-                                      np.asarray(out.ts, np.int64),
-                                      np.asarray(out.values, np.float64))
-                res.new_series = new
+                res.rollup_keys, res.rollup_ts, res.rollup_values = out.keys, out.ts, out.values
                 self.outputs += len(out)
             if save:
                 res.states = {
@@ -149,10 +140,32 @@ class RollupStage:
         with self._lock:
             return self.agg.summary()
 
-    def _now(self) -> int:
-        return self._clock() if self._clock is not None else now_ms()
 
 
-def _take(cols: Columns, mask: np.ndarray) -> Columns:
-    return Columns(cols.kind, cols.series[mask], cols.ts[mask],
-                   None if cols.values is None else cols.values[mask])
+def register_metrics(registry: Registry, current: Callable[[], RollupStage | None]) -> None:
+    """The per-rule gauges, read from the ``current()`` stage (a reload may replace it); the
+    five share one summary per scrape."""
+    cached: list[Any] = [0.0, None, []]  # (when, stage, summary)
+
+    def summary() -> list[dict[str, Any]]:
+        now = time.monotonic()
+        stage = current()
+        if cached[1] is not stage or now - cached[0] > 1.0:
+            cached[:] = [now, stage, stage.summary() if stage else []]
+        out: list[dict[str, Any]] = cached[2]
+        return out
+
+    def per_rule(field: str) -> Callable[[], dict[tuple[str, ...], float]]:
+        return lambda: {(s["name"],): float(s[field]) for s in summary()}
+
+    r = registry
+    r.gauge("aggregate_samples", "Samples stream aggregation took into windows (since the "
+            "rule was created).", ("rule",), callback=per_rule("samples"))
+    r.gauge("aggregate_late_samples", "Samples that arrived after their window closed "
+            "(forwarded raw, not aggregated).", ("rule",), callback=per_rule("late_samples"))
+    r.gauge("aggregate_outputs", "Output rows emitted by closed windows.", ("rule",),
+            callback=per_rule("emitted"))
+    r.gauge("aggregate_series", "Input series each rule matches.", ("rule",),
+            callback=per_rule("series"))
+    r.gauge("aggregate_groups", "Output groups of each rule.", ("rule",),
+            callback=per_rule("groups"))

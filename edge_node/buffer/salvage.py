@@ -13,12 +13,15 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import zstandard
 
-from .buffer import Store, _unpack_journal
-from .wire import KINDS, decode_segment
+from ..wire import KINDS, decode_segment
+from .journal import unpack_journal
+from .series import decode_block
+from .store import Store
 
 _TABLES = ("meta", "series_blocks", "series_unacked", "journal", "segments", "dead_letters",
            "counters", "agg_state", "agg_log")
@@ -43,12 +46,6 @@ def _ids(conn: sqlite3.Connection, table: str, key: str, report: Report) -> list
     except sqlite3.DatabaseError as exc:
         report.problems.append(f"{table}: cannot list rows: {exc}")
         return []
-
-
-def _check_block(blob: bytes) -> None:
-    for entry in msgpack.unpackb(zstandard.ZstdDecompressor().decompress(blob), raw=False):
-        if not isinstance(entry, list) or len(entry) % 2 != 1:
-            raise ValueError("malformed series block")
 
 
 def check(path: str | Path, progress: Callable[[str], None] | None = None) -> Report:
@@ -95,8 +92,7 @@ def _mark_unacked(dst: Path) -> None:
     """Every series definition is sent again (central ignores the ones it has)."""
     store = Store(dst)
     try:
-        ids, _ = store.load_series()
-        store.mark_series(list(ids.values()), acked=False)
+        store.mark_series(store.series.known_ids(), acked=False)
     finally:
         store.close()
 
@@ -117,7 +113,7 @@ def _walk(conn: sqlite3.Connection, report: Report, out: sqlite3.Connection | No
         try:
             last, blob = conn.execute("SELECT last_id, blob FROM series_blocks WHERE "
                                       "first_id=?", (first,)).fetchone()
-            _check_block(blob)
+            decode_block(blob)
         except (sqlite3.DatabaseError, ValueError, TypeError, zstandard.ZstdError,
                 msgpack.ExtraData) as exc:
             report.count("series_blocks", False)
@@ -159,7 +155,7 @@ def _walk(conn: sqlite3.Connection, report: Report, out: sqlite3.Connection | No
         try:
             kind, n, created, blob = conn.execute(
                 "SELECT kind, n, created_ms, blob FROM journal WHERE id=?", (jid,)).fetchone()
-            cols = _unpack_journal(kind, [blob])
+            cols = unpack_journal(kind, [blob])
             if len(cols) != n:
                 raise ValueError(f"holds {len(cols)} rows, the table says {n}")
         except Exception as exc:
@@ -207,3 +203,22 @@ def _max_id(conn: sqlite3.Connection, table: str) -> int:
 
 
 __all__ = ["Report", "check", "salvage"]
+
+
+def list_dead_letters(path: str | Path) -> list[dict[str, Any]]:
+    """The dead letters of the buffer at ``path`` (the node may be running)."""
+    store = Store(path)
+    try:
+        return store.dead_letters()
+    finally:
+        store.close()
+
+
+def requeue_dead_letters(path: str | Path, seqs: list[int] | None = None, *,
+                         synchronous: str = "full") -> list[tuple[int, int]]:
+    """Put dead letters ``seqs`` (all when None) back in the queue: [(old seq, new seq)]."""
+    store = Store(path, synchronous=synchronous)
+    try:
+        return store.requeue_dead_letters(seqs)
+    finally:
+        store.close()

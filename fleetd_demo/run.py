@@ -1,4 +1,4 @@
-"""``fleet-edge demo``: central (embedded SQLite) + an edge node + simulated devices, end to end.
+"""The demo run: central (embedded SQLite) + an edge node + simulated devices, end to end.
 
 Everything runs in this process on 127.0.0.1 with OS-assigned ports. The summary compares what
 devices were told was accepted (2xx) with what central stored; the exit code is 0 only when
@@ -23,10 +23,9 @@ import trio
 from central.pipeline import Pipeline
 from central.server import run_central
 from central.sinks.sqlite import SQLiteStore
-
-from .config import EdgeConfig
-from .node import EdgeNode, run_edge_node
-from .simulate import SimulatedDevice
+from edge_node.config import EdgeConfig
+from edge_node.node import EdgeNode, run_edge_node
+from fleetd_demo.simulate import SimulatedDevice
 
 KINDS = ("metrics", "logs", "heartbeats")
 
@@ -109,7 +108,7 @@ async def run_demo(devices: int, duration_s: float, *, data_dir: str | None = No
                 while True:
                     await node.buffer.roll_now()
                     if _acked(node) == tally.accepted or \
-                            sum(node.buffer.stats_cache.pending.values()) == 0:
+                            sum(node.buffer.stats.pending.values()) == 0:
                         break
                     await trio.sleep(0.2)
             stored = await trio.to_thread.run_sync(_device_counts, store)
@@ -178,7 +177,7 @@ def _print_rollups(out: TextIO, rows: list[tuple[str, str, float]]) -> None:
 
 def _progress(out: TextIO, t: float, total: float, tally: Tally, node: EdgeNode) -> None:
     acked = _acked(node)
-    pending = sum(node.buffer.stats_cache.pending.values())
+    pending = sum(node.buffer.stats.pending.values())
     line = (f"\r[{t:5.1f}/{total:.0f}s] accepted {tally.accepted['metrics']:>9,} samples "
             f"{tally.accepted['logs']:>6,} logs {tally.accepted['heartbeats']:>6,} heartbeats | "
             f"central acked {acked['metrics']:>9,} samples | backlog {pending:>7,} rows")

@@ -1,0 +1,203 @@
+"""The :class:`PostgresStore`: the state store's lifecycle and its one way onto asyncpg.
+
+asyncpg runs on trio-asyncio's asyncio loop; each operation is one asyncio coroutine (one
+loop crossing), and asyncpg/OS errors that mean "the database is not there now" become
+``SinkUnavailable`` (503 + Retry-After to the edge). The SQL lives in the sibling modules; this
+class owns the pool, the caches (series dictionaries, known partitions) and the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import trio_asyncio
+
+from edge_node.runtime import Clock, clock_ms
+from edge_node.wire import Batch
+
+from ...errors import SchemaOutdated, SinkUnavailable
+from ...model import DAY_MS, Job, NodeInfo, Pending, pending_from
+from .batches import insert_mark, lookup, prepare, write_commit
+from .partitions import drop_expired, ensure_partitions
+from .registry import insert_node, mark_revoked, select_by_key, select_nodes, update_key
+from .schema import LATEST, apply_migrations, partitioning, schema_version
+
+T = TypeVar("T")
+
+_DOWN = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionError,
+         asyncpg.exceptions.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
+         asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.CannotConnectNowError)
+
+
+class PostgresStore:
+    """Central's PostgreSQL state store (the :class:`~central.sinks.base.StateStore` protocol).
+
+    Args:
+        url: the ``DATABASE_URL``.
+        pool_size: connections in the pool at most.
+        chunk_seconds: width of a native partition (or TimescaleDB chunk).
+        retention_days: time-series rows older than this are not kept; 0 keeps everything.
+        timeout_s: to acquire a connection, and per command.
+        retry_after_s: what a 503 tells the edge while the database is down.
+        clock: wall-clock seconds (node registration and revocation stamps).
+    """
+
+    name = "postgresql"
+    uses_asyncio = True
+
+    def __init__(self, url: str, *, pool_size: int = 10, chunk_seconds: int = 86400,
+                 retention_days: int = 0, timeout_s: float = 15.0, retry_after_s: int = 5,
+                 clock: Clock = time.time) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.chunk_s = chunk_seconds
+        self.retention_days = retention_days
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+        self.pool: asyncpg.Pool | None = None
+        self.timescale = False
+        self._dict_cache: dict[tuple[str, str], dict[int, dict[str, str]]] = {}
+        self._partitions: set[tuple[str, int]] = set()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run asyncio coroutine function ``fn`` on the trio-asyncio loop, mapping errors."""
+        try:
+            result: T = await trio_asyncio.aio_as_trio(fn)(*args)
+        except _DOWN as exc:
+            raise SinkUnavailable(self.name, f"{type(exc).__name__}: {exc}",
+                                  self.retry_after_s) from exc
+        return result
+
+    async def _with_conn(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async def run() -> T:
+            assert self.pool is not None
+            async with self.pool.acquire(timeout=self.timeout_s) as conn:
+                return await fn(conn)
+
+        return await self._aio(run)
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await self._aio(asyncpg.connect, self.url)
+
+    async def _once(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``fn`` on the pool, or on a one-off connection (CLI commands)."""
+        if self.pool is not None:
+            return await self._with_conn(fn)
+        conn = await self._connect()
+        try:
+            return await self._aio(fn, conn)
+        finally:
+            await self._aio(conn.close)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        conn = await self._connect()
+        try:
+            version = await self._aio(schema_version, conn)
+            if version < LATEST:
+                raise SchemaOutdated(
+                    f"the PostgreSQL schema is at version {version}, this build needs {LATEST}: "
+                    "run 'fleet-central migrate' (with the same DATABASE_URL)")
+            self.timescale = await self._aio(partitioning, conn) == "timescaledb"
+        finally:
+            await self._aio(conn.close)
+        async def make_pool() -> asyncpg.Pool:
+            return await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size,
+                                             command_timeout=self.timeout_s)
+
+        self.pool = await self._aio(make_pool)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            try:
+                await self._aio(pool.close)
+            except SinkUnavailable:
+                pool.terminate()
+
+    async def ready(self) -> bool:
+        try:
+            return await self._with_conn(lambda c: c.fetchval("SELECT true")) is True
+        except SinkUnavailable:
+            return False
+
+    async def migrate(self) -> list[str]:
+        """Apply every missing migration, each in its own transaction; returns their names."""
+        conn = await self._connect()
+        try:
+            return await self._aio(apply_migrations, conn, self.chunk_s, self.retention_days)
+        finally:
+            await self._aio(conn.close)
+
+    # -- node registry -------------------------------------------------------------------------
+
+    async def add_node(self, node_id: str, org: str, site: str = "") -> str:
+        return await insert_node(self._once, node_id, org, site, clock_ms(self.clock))
+
+    async def rotate_key(self, node_id: str) -> str:
+        return await update_key(self._once, node_id)
+
+    async def revoke_node(self, node_id: str) -> None:
+        await mark_revoked(self._once, node_id, clock_ms(self.clock))
+
+    async def list_nodes(self) -> list[dict[str, object]]:
+        return await select_nodes(self._once)
+
+    async def authenticate(self, key: str) -> NodeInfo | None:
+        return await select_by_key(self._with_conn, key)
+
+    # -- applying batches (the StateStore protocol) --------------------------------------------
+
+    async def begin(self, node: NodeInfo, batch: Batch, sids: list[int]) -> Pending | None:
+        nid, epoch, seq = node.node_id, batch.epoch, batch.seq
+        cached = self._dict_cache.get((nid, epoch))
+        done, known, marks = await self._with_conn(
+            lambda c: lookup(c, nid, epoch, seq, cached is None))
+        if done:
+            return None
+        if known is not None:
+            self._dict_cache[(nid, epoch)] = cached = known
+        assert cached is not None
+        return pending_from(cached, batch, sids, marks)
+
+    async def mark_sink(self, node: NodeInfo, batch: Batch, sink: str) -> None:
+        await self._with_conn(lambda c: insert_mark(
+            c, node.node_id, batch.epoch, batch.seq, sink))
+
+    async def commit(self, job: Job, pending: Pending, keep_kind: bool, low_watermark: int
+                     ) -> bool:
+        cutoff = job.now_ms - self.retention_days * DAY_MS if self.retention_days else 0
+        todo, expired = prepare(job, pending, keep_kind, low_watermark, cutoff)
+        if expired:
+            job.expired[self.name] = expired
+
+        async def run(conn: asyncpg.Connection) -> bool:
+            if todo.records and not self.timescale:
+                await ensure_partitions(conn, todo.table, todo.stamps, self.chunk_s,
+                                        self._partitions)
+            return await write_commit(conn, todo)
+
+        applied = await self._with_conn(run)
+        if applied:
+            cache = self._dict_cache.setdefault((job.node.node_id, job.epoch), {})
+            for sid, lbl in pending.new_defs:
+                cache[sid] = lbl
+        return applied
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def expire(self, now_s: float) -> list[str]:
+        """Drop native partitions entirely older than the retention; returns their names."""
+        if not self.retention_days or self.timescale:
+            return []
+        cutoff = now_s - self.retention_days * 86400
+        return await self._with_conn(
+            lambda c: drop_expired(c, self.chunk_s, cutoff, self._partitions))
