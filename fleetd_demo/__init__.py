@@ -13,6 +13,7 @@ Modules:
 - ``cli``: the demo's options (``fleet-edge demo --help``) and ``main``
 - ``run``: ``run_demo``: central, the edge node and the devices started, run, drained, the
   rows counted at each stage and the summary printed
+- ``simulate``: the simulated devices (gauges, counters, logs, heartbeats)
 """
 
 from .cli import main
