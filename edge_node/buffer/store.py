@@ -175,9 +175,16 @@ class Store:
         """Store definitions of new series as one block, not yet confirmed by central."""
         if not new_series:
             return
+        # A block is keyed by its lowest id, but two blocks can start at the same id: the roll
+        # stores a definition still waiting for its group commit (a rollup output series that
+        # a device sends too), and that commit's block starts there as well. The later block
+        # then takes a key past every other; a series defined twice reads back the same.
+        first, last, blob = encode_block(new_series)
         self.conn.execute(
-            "INSERT OR IGNORE INTO series_blocks(first_id, last_id, blob) VALUES (?,?,?)",
-            encode_block(new_series))
+            "INSERT INTO series_blocks(first_id, last_id, blob) VALUES ("
+            "CASE WHEN EXISTS (SELECT 1 FROM series_blocks WHERE first_id=?1) "
+            "THEN (SELECT max(first_id) + 1 FROM series_blocks) ELSE ?1 END, ?2, ?3)",
+            (first, last, blob))
         self.conn.execute("INSERT OR IGNORE INTO series_unacked(id) "
                           "SELECT value FROM json_each(?)",
                           (json.dumps([sid for sid, _ in new_series]),))

@@ -211,3 +211,26 @@ def test_requeue_dead_letters_gets_a_new_seq(store: Store) -> None:
     assert store.dead_letters() == []
     nxt = store.next_segment()
     assert nxt is not None and nxt.seq == new and nxt.n == 10
+
+
+def test_a_definition_block_never_hides_another(tmp_path: Path) -> None:
+    """A roll stores the definition of a rollup output series that a device also sends while
+    the group commit that allocated it is still waiting; both blocks then start at the same
+    id. Both must be kept, or the other series of the group commit lose their labels."""
+    path = tmp_path / "b.sqlite3"
+    s = Store(path)
+    shared = (("__name__", "cpu:5m_by_site_avg"), ("site", "s0"))  # pre-aggregated upstream
+    other = (("__name__", "temp"), ("device", "d1"))
+    rollup = (("__name__", "temp:5m_avg"),)
+    s.series.ids([shared, other])  # ingest allocates 1 and 2, not yet committed
+    waiting = s.series.unsaved()
+    _, defs = s.series.ids_durable([shared, rollup])  # the roll: 1 (waiting) and 3 (new)
+    with s.tx():
+        s.define_series(defs)
+    s.append_rows(waiting, [])  # then the group commit of 1 and 2
+    s.series.saved(len(waiting))
+    s.close()
+    again = Store(path)
+    known = again.series.labels(again.series.known_ids())
+    assert {tuple(sorted(labels.items())) for _, labels in known} == {shared, other, rollup}
+    again.close()
