@@ -46,7 +46,9 @@ def _type_checking_only(node: ast.If) -> bool:
 def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and _type_checking_only(node):
-            for other in node.orelse:
+            for other in node.orelse:  # the else branch does run
+                if isinstance(other, ast.Import | ast.ImportFrom):
+                    yield other
                 yield from _import_nodes(other)
             continue
         if isinstance(node, ast.Import | ast.ImportFrom):
@@ -76,6 +78,11 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
                 t = t.rpartition(".")[0]
             if t and t != name:
                 out.add(t)
+            # importing a.b.c runs a/__init__ and a/b/__init__ first (unless inside a.b)
+            while "." in t:
+                t = t.rpartition(".")[0]
+                if t in known and t != name and not name.startswith(t + "."):
+                    out.add(t)
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_node.buffer import Store
+from edge_node.buffer.budget import Candidate, plan_drops
 from edge_node.model import IngestBatch
 from edge_node.wire import concat_columns, decode_segment, encode_segment
 
@@ -234,3 +235,15 @@ def test_a_definition_block_never_hides_another(tmp_path: Path) -> None:
     known = again.series.labels(again.series.known_ids())
     assert {tuple(sorted(labels.items())) for _, labels in known} == {shared, other, rollup}
     again.close()
+
+
+def test_plan_drops_leaves_in_flight_segments_and_fits_the_budget() -> None:
+    c = [Candidate(s, n=10, size=100) for s in (1, 2, 3)]
+    plan = plan_drops(300, 150, [], {"logs": c}, exclude={1})
+    assert plan.seqs == [2, 3] and plan.rows == {"logs": 20}
+
+
+def test_plan_drops_counts_a_compacted_segment_once() -> None:
+    m = [Candidate(1, 10, 100), Candidate(2, 10, 100)]
+    plan = plan_drops(300, 100, [m[0]], {"metrics": m})
+    assert plan.seqs == [1, 2] and plan.rows == {"compacted": 10, "metrics": 10}
