@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -83,7 +84,10 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
             log.warning("node %s sent a malformed batch: %s", node.node_id, exc)
             return _json(400, {"error": str(exc)})
         try:
-            applied = await pipeline.apply(node, batch, cols)
+            # shielded: the edge dropping the connection must not cancel an apply half way
+            # (its retry would race what is left of it); the pipeline bounds it itself
+            with trio.CancelScope(shield=True):
+                applied = await pipeline.apply(node, batch, cols)
         except MissingSeries as exc:
             m_batches.inc(1, "missing_series")
             return _json(409, {"error": str(exc), "missing_series": exc.missing[:100_000]})

@@ -57,4 +57,4 @@ def build_pipeline(settings: Settings, data_dir: str | Path,
         fast = ValkeySink(settings.valkey_addr, online_ttl_s=settings.online_ttl_s,
                           timeout_s=timeout, retry_after_s=retry)
         sinks.append(fast)
-    return Pipeline(state, sinks, registry=registry, fast=fast)
+    return Pipeline(state, sinks, registry=registry, fast=fast, sink_timeout_s=timeout)

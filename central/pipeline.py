@@ -3,6 +3,8 @@
 The order is what makes a retry safe::
 
     fast dedup (Valkey; a hit is trusted, a miss proves nothing)
+    -> the batch's lease (central.lease): another attempt of the same batch, here or on another
+       instance, is waited for; the whole apply below is bounded by the lease's hold time
     -> state store: applied before?  -> yes: duplicate, nothing written
     -> every sink this batch routes to that has not taken it yet, concurrently;
        each success is remembered (per-sink mark), so a retry after a partial failure
@@ -14,7 +16,12 @@ The order is what makes a retry safe::
 Any sink failing means the batch is not acknowledged (503, or 422 when a backend refused the data
 for good), and nothing is marked applied. Each sink's write is idempotent on its own too
 (VictoriaMetrics dedup, ClickHouse ReplacingMergeTree on the batch identity, identical Loki
-entries collapse, max-merges in Valkey), which covers a crash between a sink's write and its mark.
+entries collapse, max-merges in Valkey), which covers what the lease cannot: a crash between a
+sink's write and its mark, and a timed-out write the backend still carries out.
+
+The HTTP handler shields :meth:`Pipeline.apply` from the client going away: an apply, once
+started, runs to its end (or its bound), so an edge that drops the connection and retries finds
+the first attempt's outcome instead of racing a half-cancelled one.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from edge_node.runtime import Clock, clock_ms
 from edge_node.wire import Batch, Columns
 
 from .errors import SinkRejected, SinkUnavailable
+from .lease import LeaseTimes, LocalLeases
 from .model import NodeInfo
 from .router import LabelCache, group, make_job
 from .sinks.base import Sink, StateStore
@@ -58,12 +66,19 @@ class Pipeline:
         fast: the Valkey fast-dedup cache, when Valkey is configured.
         clock: wall-clock seconds; stamps each job (``Job.now_ms``: retention cutoffs,
             PostgreSQL's last-seen) and is the time retention maintenance runs at.
+        sink_timeout_s: one sink's write at most (then 503).
+        lease_times: the batch lease's bounds (:class:`~central.lease.LeaseTimes`); by default
+            an apply holds a batch for at most twice ``sink_timeout_s``.
     """
 
     def __init__(self, state: StateStore, sinks: Sequence[Sink] = (), *,
                  registry: Registry | None = None, fast: FastDedup | None = None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, sink_timeout_s: float = 15.0,
+                 lease_times: LeaseTimes | None = None) -> None:
         self.state = state
+        self.sink_timeout_s = sink_timeout_s
+        self.lease_times = lease_times or LeaseTimes.for_sink_timeout(sink_timeout_s)
+        self.leases = LocalLeases()
         self.clock = clock
         self.sinks = list(sinks)
         self.fast = fast
@@ -94,6 +109,13 @@ class Pipeline:
             "fast_dedup_hits_total", "Retried batches recognised by the Valkey fast path.")
         self.m_commit = registry.histogram(
             "state_commit_seconds", "Time to commit a batch to the state store.")
+        self.m_lease_waits = registry.counter(
+            "batch_lease_waits_total", "Attempts of a batch that waited for another attempt of "
+            "the same batch (an edge retry racing the first), by where that attempt ran.",
+            ("holder",))
+        self.m_over_time = registry.counter(
+            "batch_apply_timeouts_total", "Applies stopped at the lease's hold time "
+            "(answered 503; the edge retries).")
         self.m_check = registry.histogram(
             "backend_check_seconds", "Time for a backend to answer the readiness query "
             "(a timeout counts as READY_TIMEOUT_S).", ("backend",))
@@ -119,6 +141,12 @@ class Pipeline:
     async def maintain(self, now_s: float) -> None:
         """Retention work of every backend that does its own (partition drops)."""
         components: list[StateStore | Sink] = [self.state, *self.sinks]
+        forget = getattr(self.state, "forget_stale_leases", None)
+        if forget is not None:
+            try:
+                await forget()
+            except SinkUnavailable as exc:
+                log.warning("stale batch leases not dropped: %s", exc)
         for c in components:
             expire = getattr(c, "expire", None)
             if expire is None:
@@ -165,6 +193,24 @@ class Pipeline:
                     return False
             except SinkUnavailable:
                 pass  # the authoritative check below still runs; the write will report it
+        times = self.lease_times
+        applied: bool | None = None
+        async with self.leases.hold((node.node_id, batch.epoch, batch.seq), times.wait_s) as w:
+            if w:
+                self.m_lease_waits.inc(1, "this instance")
+            async with self.state.lease(node, batch, times) as w:
+                if w:
+                    self.m_lease_waits.inc(1, "another instance")
+                with trio.move_on_after(times.hold_s):
+                    applied = await self._apply(node, batch, cols)
+        if applied is None:
+            self.m_over_time.inc()
+            raise SinkUnavailable("central", f"applying batch {batch.epoch}/{batch.seq} took "
+                                  f"longer than {times.hold_s:g} s; not acknowledged, retry")
+        return applied
+
+    async def _apply(self, node: NodeInfo, batch: Batch, cols: Columns) -> bool:
+        """The apply proper, under the batch's lease."""
         grouping = group(cols)
         pending = await self.state.begin(node, batch, grouping.sids.tolist())
         if pending is None:
@@ -180,7 +226,11 @@ class Pipeline:
                 return
             t0 = time.perf_counter()
             try:
-                await sink.write(job)
+                with trio.move_on_after(self.sink_timeout_s) as bound:
+                    await sink.write(job)
+                if bound.cancelled_caught:
+                    raise SinkUnavailable(sink.name, f"no answer within {self.sink_timeout_s:g} "
+                                          "s (FLEET_CENTRAL_SINK_TIMEOUT_S)")
                 await self.state.mark_sink(node, batch, sink.name)
             except (SinkUnavailable, SinkRejected) as exc:
                 self.m_failures.inc(1, sink.name, type(exc).__name__)

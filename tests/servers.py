@@ -111,6 +111,16 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout)
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: a long stall (GC pause, swapped out, I/O hang)
+        with every connection left open."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def restart(self) -> Server:
         self.kill()
         return self.start()
@@ -159,14 +169,17 @@ def create_database(server: Server, name: str) -> str:
     return f"postgresql://postgres@127.0.0.1:{server.port}/{name}"
 
 
-def start_victoria_metrics() -> Server:
+def start_victoria_metrics(*, dedup: bool = True) -> Server:
     """VictoriaMetrics single node. ``-dedup.minScrapeInterval=1ms`` is the setting central's
-    README asks for: samples of one series with the same millisecond are one sample."""
+    README asks for: samples of one series with the same millisecond are one sample. The
+    exactly-once tests start one with ``dedup=False`` (VictoriaMetrics' default), where a sample
+    written twice is exported twice, so a duplicate can be seen."""
     binary = _need("victoria-metrics")
     work = _workdir("vm")
     port = free_port()
     argv = [binary, f"-httpListenAddr=127.0.0.1:{port}", f"-storageDataPath={work}/data",
-            "-retentionPeriod=100y", "-search.latencyOffset=0s", "-dedup.minScrapeInterval=1ms",
+            "-retentionPeriod=100y", "-search.latencyOffset=0s",
+            *(["-dedup.minScrapeInterval=1ms"] if dedup else []),
             "-search.disableCache", "-loggerLevel=WARN"]
     url = f"http://127.0.0.1:{port}"
     return Server("victoria-metrics", url, port, work, argv, _http_ok(url + "/health")).start()

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from edge_node.wire import Batch
 
+from ..lease import LeaseTimes
 from ..model import Job, NodeInfo, Pending
 
 
@@ -48,6 +50,17 @@ class StateStore(Protocol):
         Raises:
             MissingSeries: ``sids`` holds ids with no known definition (none in the batch either).
             SinkUnavailable: the store cannot be reached.
+        """
+        ...
+
+    def lease(self, node: NodeInfo, batch: Batch, times: LeaseTimes
+              ) -> AbstractAsyncContextManager[bool]:
+        """Hold (node, epoch, seq) against other central instances for the body (the pipeline
+        holds the in-process lease already); yields whether it waited for another instance.
+        See :mod:`central.lease`.
+
+        Raises:
+            SinkUnavailable: another instance still holds it after ``times.wait_s``.
         """
         ...
 

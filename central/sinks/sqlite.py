@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +27,7 @@ from edge_node.wire import VALUE_KINDS, Batch
 
 from ..alert_rows import alert_events
 from ..errors import RegistryError, SinkUnavailable
+from ..lease import LeaseTimes
 from ..model import Job, NodeInfo, Pending, pending_from
 from .base import hash_key, new_api_key
 
@@ -207,6 +209,13 @@ class SQLiteStore:
                             {r[0] for r in conn.execute(
                                 "SELECT sink FROM sink_marks WHERE node_id=? AND epoch=? "
                                 "AND seq=?", key)})
+
+    @asynccontextmanager
+    async def lease(self, node: NodeInfo, batch: Batch, times: LeaseTimes
+                    ) -> AsyncIterator[bool]:
+        """Nothing to add: the embedded store serves one central process, whose pipeline holds
+        the in-process lease (:class:`~central.lease.LocalLeases`)."""
+        yield False
 
     async def mark_sink(self, node: NodeInfo, batch: Batch, sink: str) -> None:
         def mark() -> None:

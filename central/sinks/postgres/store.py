@@ -9,24 +9,31 @@ class owns the pool, the caches (series dictionaries, known partitions) and the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+import trio
 import trio_asyncio
 
 from edge_node.runtime import Clock, clock_ms
 from edge_node.wire import Batch
 
 from ...errors import SchemaOutdated, SinkUnavailable
+from ...lease import LeaseTimes, claim_polling, holder_token
 from ...model import DAY_MS, Job, NodeInfo, Pending, pending_from
+from . import leases
 from .batches import insert_mark, lookup, prepare, write_commit
 from .partitions import drop_expired, ensure_partitions
 from .registry import insert_node, mark_revoked, select_by_key, select_nodes, update_key
 from .schema import LATEST, apply_migrations, partitioning, schema_version
 
 T = TypeVar("T")
+
+log = logging.getLogger("fleet_central.postgres")
 
 _DOWN = (OSError, asyncio.TimeoutError, asyncpg.exceptions.PostgresConnectionError,
          asyncpg.exceptions.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
@@ -192,6 +199,68 @@ class PostgresStore:
                 cache[sid] = lbl
         return applied
 
+    @asynccontextmanager
+    async def lease(self, node: NodeInfo, batch: Batch, times: LeaseTimes
+                    ) -> AsyncIterator[bool]:
+        """Hold (node, epoch, seq)'s row in ``batch_leases`` for the body, renewed every
+        ``times.renew_every_s`` (another instance applying the same batch waits); see
+        :mod:`central.lease`.
+
+        Raises:
+            SinkUnavailable: another attempt holds the lease past ``times.wait_s``, or this
+                one lost it (not renewed within ``times.ttl_s``: the body was cancelled).
+        """
+        nid, epoch, seq = node.node_id, batch.epoch, batch.seq
+        holder = holder_token()
+        waited = await claim_polling(
+            lambda: self._with_conn(lambda c: leases.claim(c, nid, epoch, seq, holder,
+                                                           times.ttl_s)),
+            (nid, epoch, seq), times.wait_s, self.retry_after_s)
+        lost = False
+        failed: BaseException | None = None
+
+        async def keep(scope: trio.CancelScope) -> None:
+            nonlocal lost
+            while True:
+                await trio.sleep(times.renew_every_s)
+                try:
+                    ok = await self._with_conn(lambda c: leases.renew(
+                        c, nid, epoch, seq, holder, times.ttl_s))
+                except SinkUnavailable:
+                    continue  # may come back before the lease runs out; else the next says
+                if not ok:
+                    lost = True
+                    scope.cancel()
+                    return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(keep, nursery.cancel_scope)
+                try:
+                    yield waited
+                except BaseException as exc:
+                    # the apply's own error (SinkUnavailable, MissingSeries, ...) reaches the
+                    # caller as itself, not wrapped in this nursery's ExceptionGroup
+                    nursery.cancel_scope.cancel()
+                    failed = exc
+                else:
+                    nursery.cancel_scope.cancel()
+        finally:
+            # released even when the apply was cancelled; a release that fails leaves a lease
+            # that expires by itself
+            with trio.CancelScope(shield=True), trio.move_on_after(times.ttl_s):
+                try:
+                    await self._with_conn(lambda c: leases.release(c, nid, epoch, seq, holder))
+                except SinkUnavailable as exc:
+                    log.warning("lease of batch %s/%s of %s not released (it expires by "
+                                "itself): %s", epoch, seq, nid, exc)
+        if failed is not None:
+            raise failed
+        if lost:
+            raise SinkUnavailable(self.name, f"lost the lease of batch {epoch}/{seq} (not "
+                                  f"renewed within {times.ttl_s:g} s); not acknowledged",
+                                  self.retry_after_s)
+
     # -- retention -----------------------------------------------------------------------------
 
     async def expire(self, now_s: float) -> list[str]:
@@ -201,3 +270,7 @@ class PostgresStore:
         cutoff = now_s - self.retention_days * 86400
         return await self._with_conn(
             lambda c: drop_expired(c, self.chunk_s, cutoff, self._partitions))
+
+    async def forget_stale_leases(self) -> int:
+        """Drop leases whose holders died (a live lease is never older than its expiry)."""
+        return await self._with_conn(leases.drop_expired)
