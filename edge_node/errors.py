@@ -20,7 +20,8 @@ The tree::
     │   ├── TooManySeries    422: a device would pass its active-series limit
     │   └── UnsupportedMedia 415: content type or encoding we do not speak
     ├── WireError            an edge->central batch cannot be encoded or decoded
-    └── BufferFailure        the SQLite buffer failed (disk full, corruption)
+    └── BufferFailure        the SQLite buffer failed (corruption, I/O error)
+        └── DiskFull         503: the data disk is full; refused until forwarding frees space
 
 Every module raises from this tree; none defines an exception of its own. ``RuleError``,
 ``ProblemsError`` and ``ExpressionError`` are ``ValueError`` subclasses too: they describe a bad
@@ -30,6 +31,9 @@ Handlers log ``Exception`` and never swallow ``trio.Cancelled`` (a ``BaseExcepti
 """
 
 from __future__ import annotations
+
+import errno
+import sqlite3
 
 
 class EdgeError(Exception):
@@ -135,3 +139,29 @@ class WireError(EdgeError):
 
 class BufferFailure(EdgeError):
     """The durable buffer could not complete an operation."""
+
+
+class DiskFull(BufferFailure):
+    """The buffer's disk is full: writes are refused (503 + ``Retry-After``) until forwarding
+    frees space. A state the node lives through, never a crash."""
+
+    retry_after_s = 30
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """SQLite's SQLITE_FULL, or the OS's ENOSPC / EDQUOT, found in ``exc``'s chain (a failed
+    ROLLBACK can hide the COMMIT's "database or disk is full")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.Error):
+            code = getattr(seen, "sqlite_errorcode", None)
+            if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(seen):
+                return seen
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return disk_full_cause(exc) is not None

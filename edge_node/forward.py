@@ -22,6 +22,7 @@ import trio
 from .backoff import Backoff, parse_retry_after
 from .buffer import BufferService, PendingSegment
 from .config import EdgeConfig
+from .errors import BufferFailure
 from .metrics import Registry
 from .runtime import Clock
 from .wire import BATCH_CONTENT_TYPE, KINDS, Batch, encode_batch
@@ -99,14 +100,21 @@ class Forwarder:
                   ) -> None:
         task_status.started()
         while True:
-            seg = await self.buffer.claim()
-            if seg is None:
-                self.idle.set()
-                with trio.move_on_after(1.0):
-                    await self.buffer.segment_ready.wait()
-                continue
-            self.idle = trio.Event()
-            await self.deliver(seg)
+            try:
+                seg = await self.buffer.claim()
+                if seg is None:
+                    self.idle.set()
+                    with trio.move_on_after(1.0):
+                        await self.buffer.segment_ready.wait()
+                    continue
+                self.idle = trio.Event()
+                await self.deliver(seg)
+            except BufferFailure as exc:
+                # the disk is full even past its reserve (or the buffer failed): the segment
+                # stays, unacknowledged; central answers a resend as a duplicate
+                self.last_error = f"buffer: {exc}"
+                log.error("forwarding paused: %s", exc)
+                await trio.sleep(self.backoff.next_delay())
 
     async def deliver(self, seg: PendingSegment) -> None:
         """Send the claimed ``seg`` until it is acknowledged or dead-lettered."""

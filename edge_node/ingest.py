@@ -27,7 +27,7 @@ from .auth import apply_grant, authorize, load_tokens
 from .buffer import Writer
 from .config import EdgeConfig
 from .devices import DeviceRegistry
-from .errors import BufferFailure, Forbidden, IngestError, PayloadTooLarge, Unauthorized
+from .errors import BufferFailure, DiskFull, Forbidden, IngestError, PayloadTooLarge, Unauthorized
 from .limits import SeriesLimiter
 from .metrics import Registry
 from .model import IngestBatch
@@ -239,7 +239,10 @@ class IngestHandler:
             await self.buffer.write(batch)
         except BufferFailure as exc:
             self.m_requests.inc(1, "503")
-            return 503, json.dumps({"error": str(exc)}).encode(), [(b"retry-after", b"5")]
+            self.m_rejected.inc(1, type(exc).__name__)
+            retry = DiskFull.retry_after_s if isinstance(exc, DiskFull) else 5
+            return 503, json.dumps({"error": str(exc)}).encode() + b"\n", [
+                (b"retry-after", str(retry).encode())]
         self.m_protocol.inc(batch.n_samples + batch.n_logs, protocol)
         self.m_ingested.inc(batch.n_samples, "metrics")
         self.m_ingested.inc(batch.n_logs, "logs")

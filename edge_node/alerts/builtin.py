@@ -43,6 +43,11 @@ def builtin_group(cfg: AlertsConfig) -> RuleGroup:
                  f"fleet_edge_data_disk_total_bytes > {cfg.storage_used_ratio:g}",
          "labels": {"severity": "critical"},
          "annotations": {"summary": "storage {{ $value | humanizePercentage }} used"}},
+        {"alert": "BufferDiskFull",
+         "expr": "fleet_edge_buffer_disk_full > 0",
+         "labels": {"severity": "critical"},
+         "annotations": {"summary": "the data disk is full: devices get 503 until forwarding "
+                                    "to central frees space"}},
         {"alert": "ForwardFailures",
          "expr": f"sum(rate(fleet_edge_forward_errors_total[10m])) / "
                  f"sum(rate(fleet_edge_forward_attempts_total[10m])) > "

@@ -93,7 +93,8 @@ class AlertDB:
             queued = c.total_changes - before
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # SQLite may have rolled back itself (e.g. disk full)
+                c.execute("ROLLBACK")
             raise
         return queued
 
@@ -109,7 +110,8 @@ class AlertDB:
                       (now_ms - DELIVERED_RETENTION_MS,))
             c.execute("COMMIT")
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # SQLite may have rolled back itself (e.g. disk full)
+                c.execute("ROLLBACK")
             raise
 
     def due(self, hook: str, now_ms: int, limit: int = 20) -> list[tuple[int, str, int]]:

@@ -32,6 +32,7 @@ import httpx
 import trio
 
 from ..backoff import Backoff
+from ..errors import is_disk_full
 from ..metrics import Registry
 from ..model import DEVICE_LABEL, NAME_LABEL, IngestBatch
 from ..runtime import Clock, Runner, ThreadRunner, clock_ms
@@ -269,8 +270,12 @@ class AlertService:
             await trio.sleep(max(0.0, (iv - now % iv) / 1000))
             try:
                 await self.evaluate(group)
-            except Exception:  # a broken rule must not stop the others
-                log.exception("evaluating group %s failed", group.name)
+            except Exception as exc:  # a broken rule must not stop the others
+                if is_disk_full(exc):  # a state the buffer reports; no traceback each round
+                    log.warning("evaluating group %s: alert state not saved, the data disk "
+                                "is full", group.name)
+                else:
+                    log.exception("evaluating group %s failed", group.name)
 
     # -- delivery -----------------------------------------------------------------------------
 

@@ -11,10 +11,16 @@ oldest first; an attempt is counted in the same transaction), :meth:`~BufferServ
 :meth:`~BufferService.retry` or :meth:`~BufferService.dead_letter` it, and
 :meth:`~BufferService.release` it when done. :meth:`~BufferService.definitions_for` gives the
 series definitions central has not confirmed that a segment uses.
+
+A full disk is a state (:mod:`.disk`): while the :class:`~.disk.DiskGuard` refuses, writes raise
+:class:`~edge_node.errors.DiskFull` (503) at once; the roll, the budget and the forwarder's
+bookkeeping go on (a store call that hits SQLITE_FULL frees the disk reserve and is tried once
+more), merges wait, and the guard accepts again once forwarding has freed space.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -26,12 +32,13 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from ..config import BufferConfig
-from ..errors import BufferFailure
+from ..errors import BufferFailure, DiskFull, is_disk_full
 from ..metrics import Registry
 from ..model import IngestBatch, SeriesKey
 from ..runtime import Clock, Runner, ThreadRunner, clock_ms
 from ..wire import KINDS, Columns, decode_segment
 from .budget import COMPACTED
+from .disk import DiskGuard, MiB
 from .journal import pack_journal_rows
 from .stage import RollStage
 from .store import BufferStats, PendingSegment, Store
@@ -67,13 +74,15 @@ class BufferService:
         clock: wall-clock seconds (:mod:`edge_node.runtime`).
         runner: runs the store's blocking calls, one at a time (a ``ThreadRunner(1)``).
         merge_runner: the same for the merger's own connection (a second ``ThreadRunner(1)``).
+        disk: the data disk's guard (free space, reserve, refusing); none: never refuses.
     """
 
     def __init__(self, store: Store, cfg: BufferConfig, registry: Registry, *,
                  max_segment_bytes: int = 8 << 20, stage: RollStage | None = None,
                  clock: Clock = time.time, runner: Runner | None = None,
-                 merge_runner: Runner | None = None) -> None:
+                 merge_runner: Runner | None = None, disk: DiskGuard | None = None) -> None:
         self._store = store
+        self.disk = disk
         self.cfg = cfg
         self.clock = clock
         self.max_segment_bytes = max_segment_bytes
@@ -122,6 +131,15 @@ class BufferService:
                 callback=lambda: float(self.stats.dead_letters))
         r.gauge("buffer_disk_budget_bytes", "The configured disk budget.",
                 callback=lambda: float(self.max_bytes))
+        r.gauge("buffer_disk_full", "1 while the data disk is full and new data is refused "
+                "(503) until forwarding frees space.",
+                callback=lambda: float(self.refusal is not None))
+        r.gauge("buffer_disk_free_bytes", "Free space on the buffer's filesystem (as last "
+                "measured, each roll).",
+                callback=lambda: float(disk.free_bytes) if disk else float("nan"))
+        self.m_disk_full = r.counter(
+            "buffer_disk_full_errors_total", "Buffer operations SQLite failed with 'database "
+            "or disk is full' (each freed the disk reserve and refused new data).")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -129,6 +147,11 @@ class BufferService:
     def epoch(self) -> str:
         """The buffer's random id, part of every batch (a rebuilt buffer never reuses seqs)."""
         return self._store.epoch
+
+    @property
+    def refusal(self) -> str | None:
+        """Why new data is refused now (the disk is full), or None."""
+        return self.disk.reason if self.disk is not None else None
 
     @property
     def accepting(self) -> bool:
@@ -142,6 +165,28 @@ class BufferService:
     def backlog_age(self) -> float:
         oldest = self.stats.oldest_ms
         return 0.0 if oldest is None else max(0.0, (clock_ms(self.clock) - oldest) / 1000)
+
+    async def _store_call(self, fn: Callable[..., T], *args: Any, retry: bool = True,
+                          runner: Runner | None = None) -> T:
+        """``fn(*args)`` on the store's thread (or ``runner``'s). SQLite's "database or disk is
+        full" becomes :class:`DiskFull` (and the refusing state); when that freed the disk
+        reserve and ``retry``, the call is tried once more, in the room the reserve left."""
+        run = runner or self._run
+        try:
+            return await run(fn, *args)
+        except Exception as exc:
+            if self.disk is None or not is_disk_full(exc):
+                raise
+            self.m_disk_full.inc()
+            freed = await self._run(self.disk.hit, exc)
+            if retry and freed:
+                try:
+                    return await run(fn, *args)
+                except Exception as again:
+                    if not is_disk_full(again):
+                        raise
+                    self.m_disk_full.inc()
+            raise DiskFull(self.disk.reason or str(exc)) from exc
 
     async def refresh_stats(self) -> BufferStats:
         self.stats = await self._run(self._store.stats)
@@ -175,12 +220,18 @@ class BufferService:
         """
         if self._closed:
             raise BufferFailure("the buffer is shutting down")
+        if self.disk is not None and self.disk.refusing and (
+                batch.n_samples or batch.n_logs or batch.n_heartbeats):
+            # alert events alone still go in (a few rows, and one may say the disk is full)
+            raise DiskFull(self.disk.reason)
         ids = self._series.ids
         ticket = _Ticket(batch, (ids(batch.metric_keys), ids(batch.log_keys),
                                  ids(batch.hb_keys), ids(batch.alert_keys)))
         await self._send.send(ticket)
         await ticket.done.wait()
         if ticket.error is not None:
+            if isinstance(ticket.error, DiskFull):
+                raise DiskFull(str(ticket.error)) from ticket.error
             raise BufferFailure(f"commit failed: {ticket.error}") from ticket.error
 
     async def _writer(self) -> None:
@@ -205,10 +256,12 @@ class BufferService:
                 # store thread only the few statements of the transaction
                 t0 = time.perf_counter()
                 rows = pack_journal_rows([(t.batch, t.sids) for t in group])
-                await self._run(self._store.append_rows, new, rows)
+                # no retry on a full disk: the reserve is for what frees space, not new data
+                await self._store_call(self._store.append_rows, new, rows, retry=False)
                 self.m_commit_s.observe(time.perf_counter() - t0)
         except Exception as exc:
-            log.error("buffer commit of %d requests failed: %s", len(group), exc)
+            if not isinstance(exc, DiskFull):
+                log.error("buffer commit of %d requests failed: %s", len(group), exc)
             for t in group:
                 t.error = exc
                 t.done.set()
@@ -251,20 +304,34 @@ class BufferService:
     async def _roller(self) -> None:
         while True:
             await trio.sleep(self.cfg.roll_interval_s)
-            await self.roll_now()
+            # on a full disk the guard logged it; the journal is intact, the next roll tries again
+            with contextlib.suppress(DiskFull):
+                await self.roll_now()
 
     async def roll_now(self, *, force_checkpoint: bool = False) -> None:
         """Roll the journal into segments now, then enforce the disk budget."""
         # the stage is read on the store's thread: a reload may swap it while this waits
-        made = await self._run(lambda: self._store.roll(
+        if self.disk is not None:
+            disk, store = self.disk, self._store
+
+            def check() -> None:
+                reusable = store.reusable_bytes()
+                pages = disk.wants_pages(reusable)
+                if pages:  # room for the reserve, from what acknowledged segments left
+                    store.give_back_pages(pages)
+                    reusable = store.reusable_bytes()
+                disk.check(reusable)
+
+            await self._store_call(check, retry=False)
+        made = await self._store_call(lambda: self._store.roll(
             max_rows=self.cfg.segment_max_samples, max_bytes=self.max_segment_bytes,
             stage=self._stage, force_checkpoint=force_checkpoint))
         if made:
             self.m_rolls.inc(len(made))
             self.segment_ready.set()
             self.segment_ready = trio.Event()
-        dropped = await self._run(self._store.enforce_budget, self.max_bytes,
-                                  set(self._inflight))
+        dropped = await self._store_call(self._store.enforce_budget, self.max_bytes,
+                                         set(self._inflight))
         for kind, n in dropped.items():
             if kind == COMPACTED:
                 self.m_compacted.inc(n)
@@ -279,26 +346,34 @@ class BufferService:
         """Merge backlogged small segments into dense ones on a second connection/thread."""
         while True:
             await trio.sleep(max(self.cfg.roll_interval_s, 1.0))
-            for kind in ("metrics", "logs"):
-                older = clock_ms(self.clock) - int(self.cfg.merge_after_s * 1000)
-                cands = await self._merge_run(partial(
-                    merge_store.merge_candidates, kind, older_than_ms=older,
-                    max_rows=self.cfg.segment_max_samples, max_bytes=self.max_segment_bytes,
-                    exclude=set(self._inflight)))
-                if not cands:
-                    continue
-                seqs = [s for s, _ in cands]
-                new = await self._merge_run(merge_store.merge, kind, seqs)
-                if new:
-                    self.m_merged.inc(len(seqs))
-                    log.debug("merged %d %s segments into %d", len(seqs), kind, new)
+            if self.disk is not None and self.disk.refusing:
+                continue  # a merge writes its output before it frees its inputs: not now
+            with contextlib.suppress(DiskFull):  # refusing now; merges resume once space is back
+                await self._merge_round(merge_store)
+
+    async def _merge_round(self, merge_store: Store) -> None:
+        for kind in ("metrics", "logs"):
+            older = clock_ms(self.clock) - int(self.cfg.merge_after_s * 1000)
+            cands = await self._merge_run(partial(
+                merge_store.merge_candidates, kind, older_than_ms=older,
+                max_rows=self.cfg.segment_max_samples, max_bytes=self.max_segment_bytes,
+                exclude=set(self._inflight)))
+            if not cands:
+                continue
+            seqs = [s for s, _ in cands]
+            # a merge needs room before it frees any: no retry in the reserve
+            new = await self._store_call(merge_store.merge, kind, seqs, retry=False,
+                                         runner=self._merge_run)
+            if new:
+                self.m_merged.inc(len(seqs))
+                log.debug("merged %d %s segments into %d", len(seqs), kind, new)
 
     # -- the forwarder side ---------------------------------------------------------------------
 
     async def claim(self) -> PendingSegment | None:
         """The next segment to forward, its attempt counted; it stays claimed (never merged,
         never dropped for the budget) until :meth:`release`."""
-        seg = await self._run(self._store.claim_next_segment, set(self._inflight))
+        seg = await self._store_call(self._store.claim_next_segment, set(self._inflight))
         if seg is not None:
             self._inflight.add(seg.seq)
         return seg
@@ -321,22 +396,24 @@ class BufferService:
 
     async def forget_definitions(self, ids: Iterable[int]) -> None:
         """Central lacks the definitions of ``ids``: send them again with the next batch."""
-        await self._run(self._store.mark_series, list(ids), False)
+        await self._store_call(self._store.mark_series, list(ids), False)
 
     async def ack(self, seg: PendingSegment, series_ids: Iterable[int]) -> None:
         """Central applied ``seg``: forget it, and remember the series it defined (shielded:
         an ack must be recorded even while being cancelled)."""
         with trio.CancelScope(shield=True):
-            await self._run(self._store.ack, seg.seq, seg.kind, seg.n, list(series_ids))
+            await self._store_call(self._store.ack, seg.seq, seg.kind, seg.n,
+                                   list(series_ids))
 
     async def retry(self, seg: PendingSegment) -> None:
-        """Count another attempt of ``seg``."""
-        await self._run(self._store.mark_attempt, seg.seq)
+        """Count another attempt of ``seg`` (not on a full disk: the claim counted one)."""
+        with contextlib.suppress(DiskFull):
+            await self._store_call(self._store.mark_attempt, seg.seq, retry=False)
 
     async def dead_letter(self, seg: PendingSegment, reason: str) -> None:
         """Move ``seg`` to the dead-letter table: central refused it as malformed (shielded)."""
         with trio.CancelScope(shield=True):
-            await self._run(self._store.dead_letter, seg.seq, reason)
+            await self._store_call(self._store.dead_letter, seg.seq, reason)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -382,6 +459,15 @@ async def open_buffer(path: str | Path, cfg: BufferConfig, registry: Registry,
                       **options: Any) -> BufferService:
     """Open (or create) the buffer file at ``path`` on a worker thread and wrap it in a
     :class:`BufferService` (``options`` go to its constructor)."""
+    if "disk" not in options:  # the guard frees the reserve first: the open may need the room
+        disk = options["disk"] = await trio.to_thread.run_sync(
+            lambda: DiskGuard(Path(path).parent, int(cfg.disk_reserve_mb * MiB)))
+        budget = cfg.max_disk_mb * MiB
+        if disk.total_bytes and budget > disk.total_bytes:
+            log.warning("buffer.max_disk_mb = %g exceeds the data disk (%.0f MiB): the disk "
+                        "would fill before the budget drops the oldest data, and the node "
+                        "then refuses new data (503) instead; set max_disk_mb below it",
+                        cfg.max_disk_mb, disk.total_bytes / MiB)
     store = await trio.to_thread.run_sync(
         lambda: Store(path, synchronous=cfg.synchronous, clock=options.get("clock", time.time)))
     return BufferService(store, cfg, registry, **options)

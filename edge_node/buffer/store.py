@@ -348,6 +348,25 @@ class Store:
             wal = 0
         return int((count - free) * page) + wal
 
+    def reusable_bytes(self) -> int:
+        """Free pages inside the database file: room new rows take without the file growing."""
+        c = self.conn
+        return int(c.execute("PRAGMA freelist_count").fetchone()[0]
+                   * c.execute("PRAGMA page_size").fetchone()[0])
+
+    def give_back_pages(self, n_bytes: int) -> None:
+        """Hand about ``n_bytes`` of the file's free pages back to the filesystem (the file
+        shrinks at the checkpoint); the WAL keeps its size."""
+        page = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA incremental_vacuum({max(1, n_bytes // page)})").fetchall()
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def give_back_space(self) -> None:
+        """Return every free page to the filesystem and cut the WAL to zero (when no reader is
+        in the way): after the disk budget dropped data."""
+        self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def enforce_budget(self, max_bytes: int, exclude: Iterable[int] = ()) -> dict[str, int]:
         """Drop segments until the buffer fits ``max_bytes``, in the order of
         :func:`.budget.plan_drops`; returns rows removed per kind (``compacted``: summarised
@@ -373,8 +392,7 @@ class Store:
         if plan.rows:
             # give the freed pages back to the filesystem, then fold the WAL (which holds
             # those very writes) into the file and cut it to zero, if no reader is in the way
-            self.conn.execute("PRAGMA incremental_vacuum")
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self.give_back_space()
         return plan.rows
 
     # -- observability -------------------------------------------------------------------------
@@ -436,6 +454,11 @@ class _Tx:
         if not self.outer:
             return
         if et is None:
-            self.conn.execute("COMMIT")
-        else:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:  # e.g. SQLITE_FULL: the transaction may still be open
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        elif self.conn.in_transaction:  # SQLite rolls back by itself after some errors
             self.conn.execute("ROLLBACK")

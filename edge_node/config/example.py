@@ -27,6 +27,8 @@ roll_interval_s = 1.0
 segment_max_samples = 2000000
 merge_after_s = 5.0
 queue_size = 256
+disk_reserve_mb = 0               # kept free on the data disk; below it ingest answers 503
+                                  # (0: 2% of the filesystem, 1-16 MiB)
 
 [ingest]
 max_body_bytes = 16777216

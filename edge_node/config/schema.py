@@ -56,6 +56,11 @@ class BufferConfig:
         lambda v: v >= 1000, "must be >= 1000"))
     merge_after_s: float = field(default=5.0, metadata=_check(lambda v: v >= 0, "must be >= 0"))
     queue_size: int = field(default=256, metadata=_check(lambda v: v >= 1, "must be >= 1"))
+    # Room kept free on the data disk (a reserve file, given back when SQLite reports the disk
+    # full): below it new data is refused (503) until forwarding frees twice as much.
+    # 0: 2% of the filesystem, 1-16 MiB.
+    disk_reserve_mb: float = field(default=0.0, metadata=_check(
+        lambda v: v == 0 or 0.25 <= v <= 4096, "must be 0 (automatic) or 0.25-4096"))
 
 
 @dataclass(frozen=True)
