@@ -129,12 +129,15 @@ def drain_eta(pending: float, in_rate: float | None, out_rate: float | None) -> 
 
 
 def readiness(buffer_open: bool, stopping: bool, used_ratio: float, central_ok: bool,
-              pending_rows: int) -> list[str]:
+              pending_rows: int, refusal: str | None = None) -> list[str]:
     """Why the node is not ready (empty: ready). Central being unreachable alone is normal at
-    the edge: the buffer takes the data. It matters once the buffer is about full."""
+    the edge: the buffer takes the data. It matters once the buffer is about full, and a full
+    data disk (``refusal``) means new data is refused."""
     why = []
     if not buffer_open:
         why.append("the buffer is not open")
+    if refusal:
+        why.append(refusal)
     if stopping:
         why.append("shutting down")
     if used_ratio >= FULL_RATIO and pending_rows and not central_ok:
@@ -263,7 +266,7 @@ class StatusService:
         st = buf.stats
         return readiness(buf.accepting, self.stopping,
                          st.used_bytes / max(1, buf.max_bytes), self.node.forwarder.connected,
-                         sum(st.pending.values()))
+                         sum(st.pending.values()), buf.refusal)
 
     async def document(self) -> dict[str, Any]:
         node = self.node
@@ -303,6 +306,8 @@ class StatusService:
             "buffer": {"bytes": st.used_bytes, "budget_bytes": buf.max_bytes,
                        "pending": dict(st.pending), "pending_rows": pending,
                        "backlog_age_s": buf.backlog_age(), "dead_letters": st.dead_letters,
+                       "refusing": buf.refusal,
+                       "disk_free_bytes": buf.disk.free_bytes if buf.disk else None,
                        "dropped": reg.by_label("dropped_total", "kind")},
             "forward": {"rows_per_s": out_rate, "ingest_rows_per_s": in_rate,
                         "acked_total": reg.value("acked_total"),

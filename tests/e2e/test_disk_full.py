@@ -132,6 +132,10 @@ builtin_interval_s = 1
                 await trio.sleep(0.5)
         metrics = (await c.get(url + "/metrics")).text
         assert "fleet_edge_buffer_disk_full 1" in metrics
+        assert (await c.get(url + "/readyz")).status_code == 503
+        status = (await c.get(url + "/api/v1/status")).json()
+        assert "disk is full" in status["buffer"]["refusing"]
+        assert any("disk is full" in why for why in status["not_ready"])
 
         # central comes up: forwarding frees the space, and ingest resumes by itself
         await trio.to_thread.run_sync(central.start)

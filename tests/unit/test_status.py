@@ -75,6 +75,9 @@ def test_readiness_needs_central_only_when_the_buffer_is_about_full() -> None:
     assert len(full) == 1 and "99%" in full[0] and "central is unreachable" in full[0]
     assert readiness(True, False, 0.99, False, 0) == []  # nothing waits for central
     assert readiness(False, True, 0, True, 0) == ["the buffer is not open", "shutting down"]
+    # a full data disk: not ready whatever central does (new data gets 503)
+    assert readiness(True, False, 0.1, True, 0, "the buffer's disk is full (...)") == [
+        "the buffer's disk is full (...)"]
 
 
 def test_host_samples_use_node_exporter_names_and_the_gateway_labels() -> None:
