@@ -144,6 +144,8 @@ class LoadGenerator:
         self.next = 0
         self.acked: list[int] = []
         self.failed = 0
+        #: requests that were under way when the connection broke (not refused at connect)
+        self.cut = 0
 
     def _payload(self, i: int) -> dict[str, object]:
         # sample k of request i carries value i*1000+k at a unique timestamp
@@ -162,8 +164,10 @@ class LoadGenerator:
             self.next += 1
             try:
                 r = await client.post(self.url, json=self._payload(i))
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 self.failed += 1
+                if not isinstance(exc, httpx.ConnectError):
+                    self.cut += 1
                 await trio.sleep(0.05)
                 continue
             if r.status_code == 204:

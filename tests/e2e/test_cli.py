@@ -60,7 +60,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
              "--data-dir", str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "result: OK" in r.stdout
-    assert "lost" in r.stdout
+    # the final table: each kind accepted = stored, 0 lost, 0 duplicated
+    rows = {ln.split()[0]: ln.split()[1:] for ln in r.stdout.splitlines()
+            if ln.split()[:1] in (["metrics"], ["logs"], ["heartbeats"]) and len(ln.split()) == 8}
+    assert set(rows) == {"metrics", "logs", "heartbeats"}, r.stdout
+    for kind, (accepted, _c, _f, _a, stored, lost, duplicated) in rows.items():
+        assert int(accepted) > 0 and stored == accepted, (kind, r.stdout)
+        assert (lost, duplicated) == ("0", "0"), (kind, r.stdout)
 
 
 def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:

@@ -68,10 +68,14 @@ async def test_kill9_repeatedly_loses_nothing_acknowledged(tmp_path: Path,
         n.start_soon(load.run, stop)
         for _ in range(4):
             await trio.sleep(rng.uniform(0.5, 1.5))
-            before = len(load.acked)
+            cut = load.cut
             edge.kill9()
             await trio.to_thread.run_sync(edge.start)
-            assert len(load.acked) >= before
+            assert load.cut > cut, "the kill cut no request in flight: it tested nothing"
+            before = len(load.acked)
+            with trio.fail_after(20):  # and the restarted node takes requests again
+                while len(load.acked) <= before:
+                    await trio.sleep(0.05)
         await trio.sleep(1.0)
         stop.set()
     assert len(load.acked) > 50, "the load generator barely got through"
@@ -121,7 +125,7 @@ async def test_sigterm_drains_and_exits_zero(tmp_path: Path, procs: list[Proc]) 
 async def test_backlog_merge_and_kill9_during_drain(tmp_path: Path, procs: list[Proc]) -> None:
     """A long outage: small segments are merged into big ones; then kill -9 mid-drain."""
     central, edge, url = _cluster(
-        tmp_path, procs, extra="merge_after_s = 0.3\nsegment_max_samples = 20000\n")
+        tmp_path, procs, extra="merge_after_s = 0.3\nsegment_max_samples = 5000\n")
     central.kill9()  # the WAN is down from the start
     load = LoadGenerator(url, concurrency=4)
     stop = trio.Event()
@@ -135,9 +139,15 @@ async def test_backlog_merge_and_kill9_during_drain(tmp_path: Path, procs: list[
             merged = float(line.split()[-1])
     assert merged > 0, "the backlog was never merged"
     await trio.to_thread.run_sync(central.start)
-    for delay in (0.3, 0.6):  # kill the edge while it drains, twice
-        await trio.sleep(delay)
+    want = len(load.acked) * load.per_request
+    last = 0
+    for _ in range(2):  # kill the edge while it drains (central has some, not all), twice
+        with trio.fail_after(30):
+            while (stored := len(stored_sequence_numbers(tmp_path))) <= last:
+                await trio.sleep(0.01)
         edge.kill9()
+        assert stored < want, "the backlog had drained before the kill: it tested nothing"
+        last = len(await trio.to_thread.run_sync(stored_sequence_numbers, tmp_path))
         await trio.to_thread.run_sync(edge.start)
     await _drain(tmp_path, load)
     _assert_exactly_once(tmp_path, load)

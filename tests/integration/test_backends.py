@@ -196,12 +196,13 @@ async def test_each_kind_lands_in_its_backend_and_a_retry_changes_nothing(
         assert "fleet_central_fast_dedup_hits_total 3" in run.pipeline.registry.render()
 
 
-async def test_partial_success_is_not_duplicated_on_retry(backends: Backends,
-                                                          tmp_path: Path) -> None:
+async def test_partial_success_is_not_duplicated_on_retry(
+        backends: Backends, vm_dedup_server: servers.Server, tmp_path: Path) -> None:
     """VictoriaMetrics takes the batch, Loki (logs) / ClickHouse (metrics) do not: 503; the
     retry writes only to the sink that failed, and even a lost per-sink mark (a crash between
-    write and mark) duplicates nothing, because each sink's write is idempotent itself."""
-    async with central_on(backends, tmp_path) as run:
+    write and mark) duplicates nothing, because each sink's write is idempotent itself
+    (VictoriaMetrics with its dedup on, as the README asks: the window of a lost mark)."""
+    async with central_on(backends, tmp_path, VICTORIA_METRICS_URL=vm_dedup_server.url) as run:
         run.loki.fail_next = 1
         r = await run.post(logs_batch(run.node, 1))
         assert r.status_code == 503 and r.headers["Retry-After"] == "1"
@@ -348,10 +349,11 @@ async def test_two_central_instances_share_the_work_and_apply_each_batch_once(
         handle.stop()
 
 
-async def test_live_batches_travel_as_text_and_arrive_intact(backends: Backends,
-                                                             tmp_path: Path) -> None:
+async def test_live_batches_travel_as_text_and_arrive_intact(
+        backends: Backends, vm_dedup_server: servers.Server, tmp_path: Path) -> None:
     """One sample per series (a live batch) goes to VictoriaMetrics' text import: names, escaped
-    label values, values and timestamps arrive exactly; a retry after a lost mark stays single."""
+    label values, values and timestamps arrive exactly; a retry after a lost mark stays single
+    (VictoriaMetrics with its dedup on: the window only backend dedup covers)."""
     defs = [(1, {"__name__": "temp_c", "device": 'quote"back\\slash'}),
             (2, {"__name__": "temp_c", "device": "line\nbreak", "unit": "°C"}),
             (3, {"__name__": "fan_rpm", "device": "d3"}),
@@ -359,7 +361,7 @@ async def test_live_batches_travel_as_text_and_arrive_intact(backends: Backends,
     cols = Columns("metrics", np.array([1, 2, 3, 4], dtype=np.int64),
                    np.array([NOW, NOW + 1, NOW + 2, NOW + 3], dtype=np.int64),
                    np.array([-1.25, 1e-7, 1234567.125, float("nan")]))
-    async with central_on(backends, tmp_path) as run:
+    async with central_on(backends, tmp_path, VICTORIA_METRICS_URL=vm_dedup_server.url) as run:
         body = encode_batch(Batch(run.node, 1, "metrics", encode_segment(cols), 4, epoch="e1",
                                   series_defs=defs))
         assert (await run.post(body)).json()["status"] == "applied"

@@ -55,7 +55,7 @@ async def test_status_document_host_metrics_and_readiness(
         assert doc["node_id"] == "edge-1" and doc["not_ready"] == []
         assert (doc["alerts_firing"], doc["alerts_pending"], doc["alerts"]) == (0, 0, [])
         synced = doc["clock_synchronized"]  # this VM's kernel decides; Linux always knows
-        assert synced in (True, False)
+        assert isinstance(synced, bool)  # not None: adjtimex answered
         assert f"fleet_edge_clock_synchronized {int(synced)}\n" in (
             await c.get(node.url + "/metrics")).text
         assert doc["central"]["connected"] is True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from edge_node.alerts.templates import (
     parse_template,
 )
 from edge_node.errors import RuleFileError, TemplateError
+from tests.tools import need
 
 MIN = 60_000
 
@@ -73,9 +73,9 @@ def test_an_existing_rule_file_loads(tmp_path: Path) -> None:
     assert disk.for_ms == 120_000 and disk.keep_firing_for_ms == 300_000  # type: ignore[union-attr]
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_prometheus_accepts_the_same_file(tmp_path: Path) -> None:
     """The sample file is a real Prometheus rule file (promtool check rules agrees)."""
+    need("promtool", "apt-get install prometheus")
     p = tmp_path / "node.rules.yml"
     p.write_text(EXISTING.replace("        keep_firing_for: 5m\n", ""))  # 2.42 predates it
     out = subprocess.run(["promtool", "check", "rules", str(p)], capture_output=True,

@@ -5,7 +5,6 @@ checks our answers for the same input series)."""
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import yaml
 from edge_node.alerts.promql import Evaluator, Sample, parse
 from edge_node.alerts.store import RecentStore
 from edge_node.errors import PromQLError
+from tests.tools import need
 
 MIN = 60_000
 
@@ -94,11 +94,10 @@ def _labels_text(labels: tuple[tuple[str, str], ...]) -> str:
     return f"{name}{{{inner}}}"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool (Debian package prometheus) is not installed")
 def test_answers_match_the_prometheus_engine(tmp_path: Path) -> None:
     """Write our results as the expected samples of a promtool unit test over the same input:
     promtool (Prometheus 2.42's engine) passes it only if every value and label set agrees."""
+    need("promtool", "apt-get install prometheus")
     tests = []
     for expr in EXPRESSIONS:
         for t in TIMES_MIN:
