@@ -306,7 +306,7 @@ class StatusService:
             "buffer": {"bytes": st.used_bytes, "budget_bytes": buf.max_bytes,
                        "pending": dict(st.pending), "pending_rows": pending,
                        "backlog_age_s": buf.backlog_age(), "dead_letters": st.dead_letters,
-                       "refusing": buf.refusal,
+                       "refusing": buf.refusal, "synchronous": buf.synchronous,
                        "disk_free_bytes": buf.disk.free_bytes if buf.disk else None,
                        "dropped": reg.by_label("dropped_total", "kind")},
             "forward": {"rows_per_s": out_rate, "ingest_rows_per_s": in_rate,

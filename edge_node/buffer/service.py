@@ -149,6 +149,11 @@ class BufferService:
         return self._store.epoch
 
     @property
+    def synchronous(self) -> str:
+        """The buffer connection's ``PRAGMA synchronous``, as SQLite reports it."""
+        return self._store.synchronous
+
+    @property
     def refusal(self) -> str | None:
         """Why new data is refused now (the disk is full), or None."""
         return self.disk.reason if self.disk is not None else None

@@ -67,6 +67,9 @@ class PendingSegment:
     created_ms: int
 
 
+_SYNC_NAMES = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+
+
 @dataclass(frozen=True)
 class BufferStats:
     journal_rows: int
@@ -94,6 +97,8 @@ class Store:
             c.execute("PRAGMA auto_vacuum=INCREMENTAL")
             c.execute("PRAGMA journal_mode=WAL")
             c.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            #: what the connection really runs with, read back (the status page shows it)
+            self.synchronous = _SYNC_NAMES[c.execute("PRAGMA synchronous").fetchone()[0]]
             # After each checkpoint, cut the WAL back to 4 MiB (about the autocheckpoint size):
             # it counts against the disk budget, so it must not stay large after a burst.
             c.execute("PRAGMA journal_size_limit=4194304")
