@@ -48,7 +48,8 @@ def build_pipeline(settings: Settings, data_dir: str | Path,
     if settings.loki_url:
         sinks.append(LokiSink(settings.loki_url, retention_days=settings.loki_retention_days,
                               metadata=settings.loki_metadata, timeout_s=timeout,
-                              retry_after_s=retry))
+                              retry_after_s=retry, max_age_s=settings.loki_max_age_s,
+                              max_ahead_s=settings.loki_max_ahead_s))
     ch = clickhouse(settings)
     if ch is not None:
         sinks.append(ch)

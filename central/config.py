@@ -37,6 +37,12 @@ TUNING: dict[str, tuple[str, str]] = {
     "FLEET_CENTRAL_LOKI_METADATA": ("true", "send non-stream labels as Loki structured "
                                             "metadata (Loki >= 3.0); false: append them to "
                                             "the line as logfmt"),
+    "FLEET_CENTRAL_LOKI_MAX_AGE_S": ("604800", "log lines older than this are not sent to Loki "
+                                               "(counted): Loki's reject_old_samples_max_age, "
+                                               "a week by default; 0: send all"),
+    "FLEET_CENTRAL_LOKI_MAX_AHEAD_S": ("600", "log lines stamped further ahead than this are "
+                                              "not sent to Loki (counted): its "
+                                              "creation_grace_period, 10 minutes by default"),
     "FLEET_CENTRAL_LISTEN": ("127.0.0.1:9400", "host:port to listen on"),
     "FLEET_CENTRAL_DATA_DIR": ("./fleet-central-data", "embedded SQLite store directory"),
     "FLEET_CENTRAL_LOG_LEVEL": ("info", "log level"),
@@ -68,6 +74,8 @@ class Settings:
     retry_after_s: int = 5
     online_ttl_s: int = 300
     loki_metadata: bool = True
+    loki_max_age_s: int = 604800
+    loki_max_ahead_s: int = 600
 
     @property
     def chunk_seconds(self) -> int:
@@ -150,4 +158,6 @@ class Settings:
             retry_after_s=integer("FLEET_CENTRAL_RETRY_AFTER_S", 5, 1),
             online_ttl_s=integer("FLEET_CENTRAL_ONLINE_TTL_S", 300, 1),
             loki_metadata=meta in ("true", "1", "yes"),
+            loki_max_age_s=integer("FLEET_CENTRAL_LOKI_MAX_AGE_S", 604800, 0),
+            loki_max_ahead_s=integer("FLEET_CENTRAL_LOKI_MAX_AHEAD_S", 600, 0),
         )

@@ -131,6 +131,8 @@ class Job:
     expired: dict[str, int] = field(default_factory=dict)
     #: rows a sink cannot represent (NaN/±Inf for VictoriaMetrics' import), by sink name
     unrepresentable: dict[str, int] = field(default_factory=dict)
+    #: rows a backend does not take, by (sink, reason) (Loki: too old, too far ahead, refused)
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def labels(self) -> dict[int, dict[str, str]]:

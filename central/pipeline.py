@@ -102,6 +102,11 @@ class Pipeline:
         self.m_unrepresentable = registry.counter(
             "unrepresentable_rows_total", "Rows a backend cannot represent (NaN/±Inf for "
             "VictoriaMetrics' import), not sent to it.", ("sink",))
+        self.m_refused = registry.counter(
+            "refused_rows_total", "Rows a backend does not take, not stored there (the batch "
+            "is applied): Loki's too_old (past FLEET_CENTRAL_LOKI_MAX_AGE_S), too_new (past "
+            "FLEET_CENTRAL_LOKI_MAX_AHEAD_S: a device clock running fast) and invalid (refused "
+            "by Loki itself).", ("sink", "reason"))
         self.m_skipped = registry.counter(
             "sink_skipped_total", "Sink writes skipped on a retry because the sink already "
             "took the batch.", ("sink",))
@@ -254,6 +259,8 @@ class Pipeline:
                 self.m_expired.inc(n, name)
             for name, n in job.unrepresentable.items():
                 self.m_unrepresentable.inc(n, name)
+            for (name, reason), n in job.refused.items():
+                self.m_refused.inc(n, name, reason)
         if applied and self.fast is not None:
             try:
                 await self.fast.mark_applied(node, batch)

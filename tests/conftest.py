@@ -5,6 +5,7 @@ PostgreSQL database, ClickHouse database, and unique organisation/node names).""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,20 @@ def vm_dedup_server() -> Iterator[servers.Server]:
     """With ``-dedup.minScrapeInterval=1ms``, as the README asks: for the tests of the window
     only backend dedup covers (a sink write whose mark was lost)."""
     srv = servers.start_victoria_metrics(dedup=True)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def loki_server() -> Iterator[servers.Server]:
+    """The real Grafana Loki beside the project (../shared/bin/loki); skipped where it is
+    missing, a failure under CI (CI always has ../shared)."""
+    try:
+        srv = servers.start_loki()
+    except servers.ServerMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
     yield srv
     srv.stop()
 

@@ -185,6 +185,74 @@ def start_victoria_metrics(*, dedup: bool = True) -> Server:
     return Server("victoria-metrics", url, port, work, argv, _http_ok(url + "/health")).start()
 
 
+LOKI = Path(__file__).resolve().parent.parent.parent / "shared" / "bin" / "loki"
+
+LOKI_CONFIG = """\
+auth_enabled: true
+server:
+  http_listen_address: 127.0.0.1
+  http_listen_port: {http}
+  grpc_listen_address: 127.0.0.1
+  grpc_listen_port: {grpc}
+  log_level: warn
+common:
+  instance_addr: 127.0.0.1
+  path_prefix: {work}/data
+  replication_factor: 1
+  ring:
+    instance_addr: 127.0.0.1
+    kvstore:
+      store: inmemory
+  storage:
+    filesystem:
+      chunks_directory: {work}/data/chunks
+      rules_directory: {work}/data/rules
+schema_config:
+  configs:
+    - from: 2020-01-01
+      store: tsdb
+      object_store: filesystem
+      schema: v13
+      index:
+        prefix: index_
+        period: 24h
+limits_config:
+  allow_structured_metadata: true
+  reject_old_samples: true
+  reject_old_samples_max_age: 168h
+  deletion_mode: filter-and-delete
+compactor:
+  working_directory: {work}/data/compactor
+  retention_enabled: true
+  delete_request_store: filesystem
+analytics:
+  reporting_enabled: false
+"""
+
+
+def loki_binary() -> str:
+    """The real Grafana Loki 3.4.6 that ships beside the project (``../shared/bin/loki``)."""
+    script = Path(os.environ.get("FLEET_TEST_LOKI", LOKI))
+    if not script.exists():
+        raise ServerMissing(f"no Grafana Loki at {script} (set FLEET_TEST_LOKI)")
+    out = subprocess.run([str(script), "--path"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def start_loki() -> Server:
+    """Grafana Loki 3.4.6, multi-tenant (``X-Scope-OrgID``), filesystem storage, structured
+    metadata on, Loki's default refusal of entries older than a week kept (the tests check
+    what central does about it). Ready after ~15 s (its ring wait)."""
+    binary = loki_binary()
+    work = _workdir("loki")
+    http, grpc = free_port(), free_port()
+    cfg = work / "loki.yaml"
+    cfg.write_text(LOKI_CONFIG.format(http=http, grpc=grpc, work=work))
+    url = f"http://127.0.0.1:{http}"
+    return Server("loki", url, http, work, [binary, f"-config.file={cfg}"],
+                  _http_ok(url + "/ready")).start()
+
+
 def start_alertmanager(config_yaml: str) -> Server:
     """Prometheus Alertmanager (Debian's prometheus-alertmanager), clustering off."""
     binary = _need("prometheus-alertmanager")

@@ -152,12 +152,12 @@ def test_live_batches_become_text_lines_with_escaped_labels() -> None:
 def test_loki_streams_keep_few_labels_and_put_the_rest_in_metadata() -> None:
     labels = {1: {"__name__": "log", "device": "d1", "level": "warn", "pid": "17"}}
     job = _job([1, 1], [2, 1], lines=[b"second", b"first"], labels=labels, kind="logs")
-    doc = json.loads(encode_push(job, 0, metadata=True)[0])
+    doc = json.loads(encode_push(job, 0, metadata=True).body)
     assert doc == {"streams": [{"stream": {"org": "acme", "node": "gw-1", "site": "plant-7",
                                            "device": "d1", "level": "warn"},
                                 "values": [["1000000", "first", {"pid": "17"}],
                                            ["2000000", "second", {"pid": "17"}]]}]}
-    plain = json.loads(encode_push(job, 0, metadata=False)[0])
+    plain = json.loads(encode_push(job, 0, metadata=False).body)
     assert plain["streams"][0]["values"][0] == ["1000000", "first pid=17"]
 
 
