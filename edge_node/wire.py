@@ -266,17 +266,34 @@ def _unpack_map(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+def bounded_unzstd(blob: bytes, limit: int, what: str) -> bytes:
+    """Decompress one zstd frame of at most ``limit`` bytes, without ever holding more: the
+    frame's declared size is checked before anything is allocated, so a zstd bomb from a
+    compromised node costs nothing. A frame that declares no size is refused (the encoders
+    here always write it); one whose data runs past its declared size fails in zstd.
+
+    Raises:
+        WireError: not zstd, no declared size, or larger than ``limit`` (named ``what``).
+    """
+    try:
+        size = zstandard.frame_content_size(blob)
+        if size < 0:
+            raise WireError(f"{what}: the zstd frame does not declare its size")
+        if size > limit:
+            raise WireError(f"{what} decompresses to {size} bytes: too large (the limit is "
+                            f"{limit})")
+        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=limit)
+    except zstandard.ZstdError as exc:
+        raise WireError(f"{what} is not valid zstd: {exc}") from exc
+
+
 def decode_segment(blob: bytes) -> Columns:
     """Decode a segment made by :func:`encode_segment`.
 
     Raises:
         WireError: the blob is not a segment of a version we read, or is inconsistent.
     """
-    try:
-        dctx = zstandard.ZstdDecompressor()
-        raw = dctx.decompress(blob, max_output_size=MAX_SEGMENT_RAW_BYTES)
-    except zstandard.ZstdError as exc:
-        raise WireError(f"segment is not valid zstd: {exc}") from exc
+    raw = bounded_unzstd(blob, MAX_SEGMENT_RAW_BYTES, "segment")
     doc = _unpack_map(raw, "segment")
     try:
         return _decode_doc(doc)
@@ -420,14 +437,14 @@ def decode_batch(body: bytes, *, max_defs_bytes: int = 256 << 20) -> Batch:
         raise WireError("fields 'seg' and 'defs' must be binary")
     defs: list[tuple[int, dict[str, str]]] = []
     if defs_b:
+        raw = bounded_unzstd(defs_b, max_defs_bytes, "field 'defs'")
         try:
-            raw = zstandard.ZstdDecompressor().decompress(defs_b, max_output_size=max_defs_bytes)
             flat = msgpack.unpackb(raw, raw=False)
             for sid, kv in flat:
                 if not isinstance(sid, int) or len(kv) % 2:
                     raise ValueError("bad series definition")
                 defs.append((sid, dict(zip(kv[0::2], kv[1::2], strict=True))))
-        except (zstandard.ZstdError, ValueError, TypeError, msgpack.ExtraData) as exc:
+        except (ValueError, TypeError, msgpack.ExtraData) as exc:
             raise WireError(f"field 'defs' is malformed: {exc}") from exc
     return Batch(node_id=node, seq=seq, kind=kind, segment=seg, rows=rows, low_watermark=low,
                  epoch=epoch, series_defs=defs)
