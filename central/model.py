@@ -164,7 +164,9 @@ class Job:
         return {d: (lo, hi) for d, _, lo, hi in self.device_rows()}
 
     def device_rows(self) -> list[tuple[str, str, int, int]]:
-        """(device, site, first ts, last ts) of every device with rows in this batch."""
+        """(device, site, first ts, last ts) of every device with rows in this batch; never
+        later than ``now_ms`` (a device clock running ahead must not push its last-seen time,
+        nor its online state, into the future)."""
         if not self.sids:
             return []
         g = self.grouping
@@ -180,6 +182,9 @@ class Job:
         last = np.full(uniq.shape[0], np.iinfo(np.int64).min, dtype=np.int64)
         np.minimum.at(first, inv, lo)
         np.maximum.at(last, inv, hi)
+        if self.now_ms:
+            np.minimum(first, self.now_ms, out=first)
+            np.minimum(last, self.now_ms, out=last)
         devs, sites = self.table.devices, self.table.sites
         return [(devs[c], sites[c], f, la) for c, f, la in
                 zip(uniq.tolist(), first.tolist(), last.tolist(), strict=True)]

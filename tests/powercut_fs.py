@@ -9,6 +9,10 @@ not sync it. Creating the file ``/.powercut`` is the power cut: every unsynced w
 away at that instant and every operation from then on fails with EIO (the machine is dead),
 until the test unmounts. Then ``BACKING`` holds exactly what a disk would hold after the cut.
 
+``/.powercut-SEED`` is a harsher cut: a real disk may have written any part of what was not
+synced, in any order, torn at sector boundaries. Each 512-byte sector of every unsynced write
+(and each pending size change) then reaches ``BACKING`` or not, at random (seeded).
+
 Metadata (create, unlink, rename, mkdir) reaches ``BACKING`` at once: a journaling filesystem
 commits it within seconds, and SQLite does not rely on it for what it acknowledges (its WAL is
 created once and synced before any commit in it counts). Size changes (truncate) are data: they
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import sys
 import threading
 from typing import Any
@@ -50,6 +55,23 @@ class Shadow:
             self.data.extend(b"\0" * (length - len(self.data)))
         self.size_dirty = True
 
+    def persist_some(self, backing: str, rng: random.Random) -> int:
+        """At a harsh cut: each unsynced 512-byte sector is on the disk or not. Returns how
+        many sectors made it."""
+        fd = os.open(backing, os.O_WRONLY)
+        kept = 0
+        try:
+            if self.size_dirty and rng.random() < 0.5:
+                os.ftruncate(fd, len(self.data))
+            for off, n in self.dirty:
+                for sec in range(off - off % 512, off + n, 512):
+                    if sec < len(self.data) and rng.random() < 0.5:
+                        os.pwrite(fd, bytes(self.data[sec:sec + 512]), sec)
+                        kept += 1
+        finally:
+            os.close(fd)
+        return kept
+
     def sync(self, backing: str) -> None:
         if not self.dirty and not self.size_dirty:
             return
@@ -74,13 +96,19 @@ class PowerCutFS(Operations):  # type: ignore[misc]
         self._mutex = threading.RLock()
         self.syncs = 0
 
-    def cut(self, *_: object) -> None:
+    def cut(self, seed: int | None = None) -> None:
         with self._mutex:
             self.dead = True
             lost = sum(len(s.dirty) for s in self.shadows.values())
+            kept = 0
+            if seed is not None:
+                rng = random.Random(seed)
+                for path, shadow in sorted(self.shadows.items()):
+                    kept += shadow.persist_some(os.path.join(self.root, path.lstrip("/")), rng)
             self.shadows.clear()
-        print(f"powercut_fs: power cut, {lost} unsynced writes lost, {self.syncs} syncs "
-              "before", file=sys.stderr, flush=True)
+        print(f"powercut_fs: power cut, {lost} unsynced writes lost"
+              + (f" but {kept} of their sectors written (seed {seed})" if seed is not None
+                 else "") + f", {self.syncs} syncs before", file=sys.stderr, flush=True)
 
     def _path(self, path: str) -> str:
         if self.dead:
@@ -152,8 +180,8 @@ class PowerCutFS(Operations):  # type: ignore[misc]
     # -- data: held until synced ----------------------------------------------------------------
 
     def create(self, path: str, mode: int, fi: object = None) -> int:
-        if path == "/.powercut":
-            self.cut()
+        if path == "/.powercut" or path.startswith("/.powercut-"):
+            self.cut(int(path.split("-", 1)[1]) if "-" in path else None)
             raise FuseOSError(errno.EIO)
         fd = os.open(self._path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         os.close(fd)

@@ -69,9 +69,11 @@ def update_args(job: Job, ttl_ms: int) -> list[Any]:
         args += [dev, hi]
     if job.kind == "metrics" and job.values is not None:
         ts, vals = job.ts, job.values
+        now = job.now_ms or None
         for sid, _, e in job.series():
             field = json.dumps(job.labels[sid], sort_keys=True, separators=(",", ":"))
-            args += [field, int(ts[e - 1]), repr(float(vals[e - 1]))]
+            t = int(ts[e - 1])  # a value stamped ahead must not block the next real one
+            args += [field, min(t, now) if now else t, repr(float(vals[e - 1]))]
     return args
 
 

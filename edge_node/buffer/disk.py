@@ -95,12 +95,14 @@ class DiskGuard:
     def wants_pages(self, reusable_bytes: int) -> int:
         """Bytes of the buffer's free pages to hand back to the filesystem now (0: none), so
         the reserve can be put back: it is missing, the filesystem lacks the room for it, and
-        the buffer has plenty of free pages (what acknowledged segments left)."""
+        the buffer's free pages (what acknowledged segments left) make up the difference."""
         if self.reserve_path.exists():
             return 0
         free, _ = self._measure()
-        r = self.reserve_bytes
-        return 2 * r if free < 2 * r and reusable_bytes >= 3 * r else 0
+        need = 2 * self.reserve_bytes - free
+        if need <= 0 or reusable_bytes < need:
+            return 0
+        return min(reusable_bytes, need + self.reserve_bytes)  # with some slack
 
     def check(self, reusable_bytes: int = 0) -> bool:
         """Measure the free space (``reusable_bytes``: the buffer file's free pages) and move

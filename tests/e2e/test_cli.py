@@ -65,7 +65,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             if ln.split()[:1] in (["metrics"], ["logs"], ["heartbeats"]) and len(ln.split()) == 8}
     assert set(rows) == {"metrics", "logs", "heartbeats"}, r.stdout
     for kind, (accepted, _c, _f, _a, stored, lost, duplicated) in rows.items():
-        assert int(accepted) > 0 and stored == accepted, (kind, r.stdout)
+        assert int(accepted.replace(",", "")) > 0 and stored == accepted, (kind, r.stdout)
         assert (lost, duplicated) == ("0", "0"), (kind, r.stdout)
 
 

@@ -8,6 +8,7 @@ and the connection reports the setting it really runs with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -70,9 +71,8 @@ def parse(trace: str) -> list[Call]:
     return calls
 
 
-async def test_every_204_waits_for_an_fdatasync_of_the_wal(
-        tmp_path: Path, procs: list[Proc]) -> None:
-    full = await run_traced(tmp_path / "full", "full", procs)
+async def test_every_204_waits_for_an_fdatasync_of_the_wal(tmp_path: Path) -> None:
+    full = await run_traced(tmp_path / "full", "full")
     assert full.synchronous == "full"
     assert len(full.requests) == 20
     for req in full.requests:
@@ -80,8 +80,8 @@ async def test_every_204_waits_for_an_fdatasync_of_the_wal(
         assert req.synced, f"request {req.n}: 204 sent before an fdatasync of the WAL returned"
 
 
-async def test_the_check_sees_a_204_that_did_not_wait(tmp_path: Path, procs: list[Proc]) -> None:
-    normal = await run_traced(tmp_path / "normal", "normal", procs)
+async def test_the_check_sees_a_204_that_did_not_wait(tmp_path: Path) -> None:
+    normal = await run_traced(tmp_path / "normal", "normal")
     assert normal.synchronous == "normal"  # the connection runs with what was configured
     assert len(normal.requests) == 20
     assert all(r.data_written for r in normal.requests)
@@ -114,12 +114,32 @@ def start_traced(tmp: Path, synchronous: str) -> tuple[Proc, Path]:
     argv = [strace, "-f", "-tt", "-yy", "-s", "48", "-o", str(trace),
             "-e", "trace=fdatasync,fsync,pwrite64,write,writev,sendto,sendmsg,recvfrom,read",
             sys.executable, "-m", "edge_node.cli", "run", "--config", str(cfg)]
-    return Proc(argv, url, tmp / "edge.log").start(), trace
+    proc = Proc(argv, url, tmp / "edge.log")
+    try:
+        return proc.start(), trace
+    except BaseException:
+        kill_traced(tmp, proc)
+        raise
 
 
-async def run_traced(tmp: Path, synchronous: str, procs: list[Proc]) -> Run:
+def kill_traced(tmp: Path, proc: Proc) -> None:
+    """Kill the traced node itself if still running (killing strace alone leaves it running,
+    detached), then strace."""
+    if proc.proc is not None and proc.proc.poll() is None:  # strace runs: so does the node
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((tmp / "edge" / "fleet-edge.pid").read_text()), signal.SIGKILL)
+    proc.stop()
+
+
+async def run_traced(tmp: Path, synchronous: str) -> Run:
     proc, trace = await trio.to_thread.run_sync(start_traced, tmp, synchronous)
-    procs.append(proc)
+    try:
+        return await exercise(tmp, proc, trace)
+    finally:
+        kill_traced(tmp, proc)
+
+
+async def exercise(tmp: Path, proc: Proc, trace: Path) -> Run:
     async with httpx.AsyncClient(timeout=30) as c:
         status = (await c.get(proc.url + "/api/v1/status")).json()
         for i in range(20):  # one at a time: each 204's window holds only its own commit
@@ -132,7 +152,8 @@ async def run_traced(tmp: Path, synchronous: str, procs: list[Proc]) -> Run:
     os.kill(pid, signal.SIGTERM)
     assert proc.proc is not None
     assert await trio.to_thread.run_sync(lambda: proc.proc.wait(30)) == 0  # type: ignore[union-attr]
-    return Run(status["buffer"]["synchronous"], windows(parse(trace.read_text())))
+    text = await trio.to_thread.run_sync(trace.read_text)
+    return Run(status["buffer"]["synchronous"], windows(parse(text)))
 
 
 def windows(calls: list[Call]) -> list[Traced]:

@@ -8,6 +8,7 @@ PostgreSQL for the race between central instances.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -170,7 +171,8 @@ async def test_two_central_instances_apply_a_batch_once(pg_url: str) -> None:
 async def test_a_lease_whose_holder_died_is_taken_over(pg_url: str) -> None:
     gate, handed = trio.Event(), []
     gate.set()
-    async with instances(pg_url, 1, 0.5, gate, handed) as ([pipe], node):
+    async with instances(pg_url, 1, 5.0, gate, handed, LeaseTimes(hold_s=10, ttl_s=1.0)
+                         ) as ([pipe], node):
         b, cols = batch("edge-1", 1)
         times = pipe.lease_times
         # an instance claimed the batch and was kill -9'd: its row stays until it expires
@@ -198,10 +200,19 @@ async def test_a_long_apply_keeps_its_lease_past_the_ttl(pg_url: str) -> None:
 
 async def test_a_holder_that_lost_its_lease_stops_unacknowledged(pg_url: str) -> None:
     gate, handed = trio.Event(), []
-    async with instances(pg_url, 1, 1.0, gate, handed) as ([pipe], node):
+    async with instances(pg_url, 1, 5.0, gate, handed, LeaseTimes(hold_s=20, ttl_s=1.5)
+                         ) as ([pipe], node):
         b, cols = batch("edge-1", 1)
+        outcome: list[BaseException | bool] = []
 
-        async def steal() -> None:
+        async def attempt() -> None:
+            try:
+                outcome.append(await pipe.apply(node, b, cols))
+            except BaseException as exc:  # whatever it is, the test looks at it
+                outcome.append(exc)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(attempt)
             with trio.fail_after(10):
                 while not handed:
                     await trio.sleep(0.01)
@@ -209,21 +220,64 @@ async def test_a_holder_that_lost_its_lease_stops_unacknowledged(pg_url: str) ->
             # took the expired lease over
             await pipe.state._with_conn(lambda c: c.execute(
                 "UPDATE batch_leases SET holder = 'another-attempt'"))
-
-        async with trio.open_nursery() as n:
-            n.start_soon(steal)
-            with pytest.raises(SinkUnavailable, match="lost the lease of batch e1/1"):
-                await pipe.apply(node, b, cols)
+        (exc,) = outcome
+        assert type(exc) is SinkUnavailable, repr(exc)  # a 503 for the edge, not a 500
+        assert "lost the lease of batch e1/1 (taken over by another attempt)" in str(exc)
         sink = pipe.sinks[0]
         assert isinstance(sink, GatedSink) and sink.finished == []  # the write was stopped
         assert await pipe.state._with_conn(
             lambda c: c.fetchval("SELECT count(*) FROM applied")) == 0
 
 
+async def test_a_holder_whose_renewals_stall_stops_before_its_lease_runs_out(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Renewals queued behind a busy pool: the holder gives up on its own before the ttl, so
+    an instance that then takes the expired lease over never writes beside it."""
+    gate, handed = trio.Event(), []
+    times = LeaseTimes(hold_s=20, ttl_s=1.5)
+    async with instances(pg_url, 2, 5.0, gate, handed, times) as (pipes, node):
+        real_renew = pg_leases.renew
+
+        async def slow_renew(*args: object) -> bool:
+            await asyncio.sleep(10)  # the pool is starved: this renewal comes far too late
+            return await real_renew(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(pg_leases, "renew", slow_renew)
+        b, cols = batch("edge-1", 1)
+        outcome: dict[int, BaseException | bool] = {}
+
+        async def attempt(i: int) -> None:
+            try:
+                outcome[i] = await pipes[i].apply(node, b, cols)
+            except BaseException as exc:
+                outcome[i] = exc
+
+        async with trio.open_nursery() as n:
+            n.start_soon(attempt, 0)
+            with trio.fail_after(10):
+                while not handed:
+                    await trio.sleep(0.01)
+            with trio.fail_after(times.ttl_s + 1):  # it stops before the lease runs out
+                while 0 not in outcome:
+                    await trio.sleep(0.01)
+            n.start_soon(attempt, 1)  # the retry takes the lease over once it expires
+            with trio.fail_after(10):
+                while len(handed) < 2:
+                    await trio.sleep(0.01)
+            gate.set()
+        assert isinstance(outcome[0], SinkUnavailable) and "not renewed" in str(outcome[0])
+        assert outcome[1] is True
+        sinks = [p.sinks[0] for p in pipes]
+        # the first attempt's write was stopped: only the second one finished
+        assert [s.finished for s in sinks if isinstance(s, GatedSink)] == [[], [1]]
+
+
 async def test_a_sink_error_under_the_lease_reaches_the_handler_as_itself(pg_url: str) -> None:
     gate, handed = trio.Event(), []
-    # sink timeout 0.2 s: the gated write never answers, the pipeline gives up on it
-    async with instances(pg_url, 1, 0.2, gate, handed) as ([pipe], node):
+    # sink timeout 0.2 s: the gated write never answers, the pipeline gives up on it (the
+    # lease's bounds roomy, so a slow box cannot end the apply first)
+    async with instances(pg_url, 1, 0.2, gate, handed, LeaseTimes(hold_s=20, ttl_s=5)
+                         ) as ([pipe], node):
         with pytest.raises(SinkUnavailable, match=r"gated: no answer within 0\.2 s") as caught:
             await pipe.apply(node, *batch("edge-1", 1))
         assert type(caught.value) is SinkUnavailable  # not an ExceptionGroup: app.py maps it

@@ -237,3 +237,14 @@ def test_valkey_update_args_carry_newest_value_per_series() -> None:
     assert args[:4] == [50, 100, "fleetd:acme:online:", 2]
     assert args[4:8] == ["d1", 9, "d2", 7]
     assert args[9:11] == [9, "2.0"] and args[12:14] == [7, "3.0"]
+
+
+def test_a_device_clock_running_ahead_never_pushes_last_seen_into_the_future() -> None:
+    year_2100 = 4_102_444_800_000
+    now = 1_795_839_600_000
+    job = _job([1, 1, 2], [now - 5, year_2100, now - 1], [1.0, 2.0, 3.0], now=now)
+    rows = {d: (first, last) for d, _, first, last in job.device_rows()}
+    assert rows == {"d1": (now - 5, now), "d2": (now - 1, now - 1)}  # d1's 2100 is now
+    args = update_args(job, ttl_ms=300_000)
+    assert args[4:8] == ["d1", now, "d2", now - 1]  # Valkey's online key: TTL at most 300 s
+    assert args[9] == now  # d1's latest value is stamped now, so the next real one replaces it

@@ -95,11 +95,25 @@ def test_the_reserve_comes_back_from_the_buffers_free_pages(tmp_path: Path) -> N
     g.hit(sqlite3.OperationalError("database or disk is full"))
     fs.set_free(int(0.5 * MiB))
     # no room on the filesystem for the reserve, but the buffer has plenty of free pages
-    assert g.wants_pages(reusable_bytes=10 * MiB) == 2 * MiB
-    assert g.wants_pages(reusable_bytes=2 * MiB) == 0  # too few to be worth it
+    assert g.wants_pages(reusable_bytes=10 * MiB) == int(2.5 * MiB)  # 1.5 needed, + slack
+    assert g.wants_pages(reusable_bytes=MiB) == 0  # not enough to put the reserve back
     fs.set_free(int(2.5 * MiB))  # the pages handed back
     assert g.check(reusable_bytes=8 * MiB) is False and g.reserve_path.exists()
     assert g.wants_pages(reusable_bytes=10 * MiB) == 0  # in place: nothing to do
+
+
+def test_a_small_drained_buffer_gets_its_reserve_back(tmp_path: Path) -> None:
+    """Room enough in all (1.9 MiB free + 3 MiB of free pages) but neither part alone: the
+    guard must not refuse for ever (a drained buffer whose file is small)."""
+    g, fs = guard(tmp_path)
+    fs.set_free(MiB)
+    g.hit(sqlite3.OperationalError("database or disk is full"))
+    fs.set_free(int(1.9 * MiB))
+    reusable = int(2.99 * MiB)
+    give = g.wants_pages(reusable)
+    assert 0 < give <= reusable
+    fs.set_free(int(1.9 * MiB) + give)  # the pages handed back to the filesystem
+    assert g.check(reusable_bytes=reusable - give) is False and g.reserve_path.exists()
 
 
 def test_a_restart_into_a_full_disk_starts_without_its_reserve(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ class owns the pool, the caches (series dictionaries, known partitions) and the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -212,26 +213,46 @@ class PostgresStore:
         """
         nid, epoch, seq = node.node_id, batch.epoch, batch.seq
         holder = holder_token()
-        waited = await claim_polling(
-            lambda: self._with_conn(lambda c: leases.claim(c, nid, epoch, seq, holder,
-                                                           times.ttl_s)),
-            (nid, epoch, seq), times.wait_s, self.retry_after_s)
-        lost = False
+        sent = 0.0  # when the claim (later: the last renewal that went through) was sent
+
+        async def claim() -> bool:
+            nonlocal sent
+            sent = trio.current_time()
+            return await self._with_conn(lambda c: leases.claim(c, nid, epoch, seq, holder,
+                                                                times.ttl_s))
+
+        waited = await claim_polling(claim, (nid, epoch, seq), times.wait_s,
+                                     self.retry_after_s)
+        lost: str | None = None
         failed: BaseException | None = None
+        # the lease runs out ttl after the database ran the last renewal, which was after we
+        # sent it: stopping one renewal period before sent + ttl, the holder has always given
+        # up before anyone can take its lease over
+        margin = times.renew_every_s
 
         async def keep(scope: trio.CancelScope) -> None:
-            nonlocal lost
+            nonlocal lost, sent
             while True:
                 await trio.sleep(times.renew_every_s)
-                try:
+                t = trio.current_time()
+                ok: bool | None = None
+                # a renewal that cannot come in time is given up (and so is the lease); a
+                # database error may pass before the deadline, else the next round says
+                with trio.move_on_after(max(0.0, sent + times.ttl_s - margin - t)), \
+                        contextlib.suppress(SinkUnavailable):
                     ok = await self._with_conn(lambda c: leases.renew(
                         c, nid, epoch, seq, holder, times.ttl_s))
-                except SinkUnavailable:
-                    continue  # may come back before the lease runs out; else the next says
-                if not ok:
-                    lost = True
-                    scope.cancel()
-                    return
+                if ok:
+                    sent = t
+                    continue
+                if ok is False:
+                    lost = "taken over by another attempt"
+                elif trio.current_time() >= sent + times.ttl_s - margin:
+                    lost = f"not renewed within {times.ttl_s:g} s"
+                else:
+                    continue
+                scope.cancel()
+                return
 
         try:
             async with trio.open_nursery() as nursery:
@@ -254,12 +275,11 @@ class PostgresStore:
                 except SinkUnavailable as exc:
                     log.warning("lease of batch %s/%s of %s not released (it expires by "
                                 "itself): %s", epoch, seq, nid, exc)
+        if lost is not None:  # the body was cancelled for it: that Cancelled is ours
+            raise SinkUnavailable(self.name, f"lost the lease of batch {epoch}/{seq} ({lost}); "
+                                  "stopped, not acknowledged", self.retry_after_s) from None
         if failed is not None:
             raise failed
-        if lost:
-            raise SinkUnavailable(self.name, f"lost the lease of batch {epoch}/{seq} (not "
-                                  f"renewed within {times.ttl_s:g} s); not acknowledged",
-                                  self.retry_after_s)
 
     # -- retention -----------------------------------------------------------------------------
 
