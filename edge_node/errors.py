@@ -18,6 +18,7 @@ The tree::
     │   ├── Forbidden        403: the key belongs to another device
     │   ├── PayloadTooLarge  413: body or decompressed body over a limit
     │   ├── TooManySeries    422: a device would pass its active-series limit
+    │   ├── ClockSkewed      422: a device's clock is off and its policy is reject
     │   └── UnsupportedMedia 415: content type or encoding we do not speak
     ├── WireError            an edge->central batch cannot be encoded or decoded
     └── BufferFailure        the SQLite buffer failed (corruption, I/O error)
@@ -127,6 +128,20 @@ class PayloadTooLarge(IngestError):
 
 class TooManySeries(IngestError):
     status = 422
+
+
+class ClockSkewed(IngestError):
+    """A device's timestamps are off by more than the edge accepts and its clock policy is
+    ``reject``."""
+
+    status = 422
+
+    def __init__(self, device: str, offset_s: float) -> None:
+        self.device, self.offset_s = device, offset_s
+        way = "ahead of" if offset_s > 0 else "behind"
+        super().__init__(f"device {device!r}: its clock is {abs(offset_s):,.0f} s {way} the "
+                         f"edge's (offset {offset_s:+,.0f} s); samples refused "
+                         "(clock policy: reject)", field="ts")
 
 
 class UnsupportedMedia(IngestError):

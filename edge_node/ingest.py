@@ -25,6 +25,7 @@ from typing import Any
 
 from .auth import apply_grant, authorize, load_tokens
 from .buffer import Writer
+from .clock_skew import ClockSkewTracker
 from .config import EdgeConfig
 from .devices import DeviceRegistry
 from .errors import BufferFailure, DiskFull, Forbidden, IngestError, PayloadTooLarge, Unauthorized
@@ -77,6 +78,7 @@ class IngestHandler:
         self.clock = clock
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
+        self.clocks = ClockSkewTracker(cfg.clock)
         self.apply(cfg)
         # path -> (protocol name, parser of a decompressed body)
         self.routes: dict[str, tuple[str, Route]] = {
@@ -91,6 +93,15 @@ class IngestHandler:
             "/fleetd.v1.DeviceService/Register": ("fleetd_agent", self._register),
             "/api/v1/telemetry": ("fleetd_agent", self._telemetry),
         }
+        clocks = self.clocks
+        registry.gauge("device_clock_offset_seconds", "How far a device's clock is off (its "
+                       "newest timestamp minus the receive time; positive: ahead), for devices "
+                       "whose timestamps were out of range lately.", ("device",),
+                       callback=lambda: {(d,): o for d, o in clocks.offsets().items()})
+        registry.gauge("clock_skewed_rows", "Rows of devices with a wrong clock since the "
+                       "start, by what was done: accept, correct (shifted), reject (422).",
+                       ("policy",), callback=lambda: {(p,): float(n)
+                                                      for p, n in clocks.rows.items()})
         self.m_protocol = registry.counter(
             "protocol_rows_total", "Samples and log lines accepted, by ingest protocol.",
             ("protocol",))
@@ -117,6 +128,7 @@ class IngestHandler:
         self.limiter.max_series = cfg.ingest.max_series_per_device
         self.limiter.ttl_s = cfg.ingest.series_ttl_s
         self.tokens = load_tokens(cfg.ingest.tokens_file) if cfg.ingest.tokens_file else None
+        self.clocks.apply(cfg.clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -220,6 +232,7 @@ class IngestHandler:
             if admitted and grant is not None:
                 apply_grant(admitted, grant)
             if admitted:
+                self.clocks.check(admitted, protocol, now)  # may shift, or refuse (422)
                 self.limiter.admit(admitted, now / 1000)
         except IngestError as exc:
             self.m_requests.inc(1, str(exc.status))

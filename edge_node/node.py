@@ -302,7 +302,7 @@ def alert_parts(cfg: EdgeConfig) -> tuple[list[Any], Any, bytes]:
     digest = alert_inputs(cfg)  # before reading: a file changed meanwhile is read next time
     groups = cfg.alert_rule_groups()
     if cfg.alerts.builtin_rules:
-        groups.append(builtin_group(cfg.alerts))
+        groups.append(builtin_group(cfg.alerts, cfg.clock.max_ahead_s))
     return groups, cfg.alert_hooks(), digest
 
 

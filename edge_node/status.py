@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from . import __version__
+from .clock_skew import parse_policies
 from .config import EdgeConfig
 from .host import HostCollector, clock_synchronized
 from .metrics import Registry
@@ -298,6 +299,12 @@ class StatusService:
             "devices": devices[:DEVICES_LISTED],
             "devices_total": len(devices), "devices_online": online,
             "device_offline_after_s": cfg.alerts.device_offline_after_s,
+            # devices whose clock is off: offset in seconds (positive: ahead), and the policy
+            "clock_skew": [{"device": d, "offset_s": o,
+                            "policy": parse_policies(cfg.clock.device_policies).get(
+                                d, cfg.clock.policy)}
+                           for d, o in sorted(reg.by_label("device_clock_offset_seconds",
+                                                           "device").items())],
             "device_tracking": node.alerts is not None,
             "protocols": [{"protocol": p, "rows_total": v,
                            "rows_per_s": self.protocol_rates.get(p)}

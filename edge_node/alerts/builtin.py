@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 LAST_SEEN = "fleet_edge_device_last_seen_timestamp_seconds"
 
 
-def builtin_group(cfg: AlertsConfig) -> RuleGroup:
+def builtin_group(cfg: AlertsConfig, clock_off_s: float = 300.0) -> RuleGroup:
     """The alerting rules of the fleetd data architecture, as PromQL over the node's own
-    series (``fleet_edge_*``) and its devices' last-seen times."""
+    series (``fleet_edge_*``) and its devices' last-seen times; ``clock_off_s`` is how far a
+    device's clock may be off before ``DeviceClockSkew`` (``clock.max_ahead_s``)."""
     drop = 1 - cfg.ingest_drop_ratio
     doc = {"groups": [{"name": "fleet-edge-builtin", "interval": f"{int(cfg.builtin_interval_s)}s",
                        "rules": [
@@ -48,6 +49,11 @@ def builtin_group(cfg: AlertsConfig) -> RuleGroup:
          "labels": {"severity": "critical"},
          "annotations": {"summary": "the data disk is full: devices get 503 until forwarding "
                                     "to central frees space"}},
+        {"alert": "DeviceClockSkew",
+         "expr": f"abs(fleet_edge_device_clock_offset_seconds) > {clock_off_s:g}",
+         "labels": {"severity": "warning"},
+         "annotations": {"summary": "device {{ $labels.device }}'s clock is off by "
+                                    "{{ $value | humanizeDuration }}"}},
         {"alert": "ForwardFailures",
          "expr": f"sum(rate(fleet_edge_forward_errors_total[10m])) / "
                  f"sum(rate(fleet_edge_forward_attempts_total[10m])) > "

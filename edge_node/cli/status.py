@@ -27,6 +27,9 @@ def status(args: argparse.Namespace) -> int:
     if doc["clock_synchronized"] is False:
         print("clock     NOT synchronized (no NTP sync yet): rows stamped at receive time may "
               "carry a wrong time")
+    for skew in doc.get("clock_skew", []):
+        print(f"clock     device {skew['device']}: off by {skew['offset_s']:+,.0f} s "
+              f"(policy {skew['policy']})")
     c = doc["central"]
     print(f"central   {c['url']}: " + ("connected" if c["connected"] else
                                        f"unreachable ({c['last_error'] or 'no exchange yet'})"))

@@ -75,6 +75,15 @@ enabled = true                    # this box's CPU, memory, disks, network, temp
 interval_s = 15.0                 # ... stored and forwarded like a device's metrics
 device = ""                       # their `device` label (empty: node_id); role="gateway"
 
+[clock]                           # devices with a wrong clock (1970 after a power cut, drift)
+policy = "correct"                # accept (store as sent) | correct (shift by the device's
+                                  # offset) | reject (422 naming the device and its offset)
+max_ahead_s = 300.0               # a device's newest timestamp further ahead: its clock
+earliest_valid = "2020-01-01"     # timestamps before this date: a clock reset to its epoch
+window_s = 600.0                  # a flagged device's later replays are corrected too
+protocol_policies = ""            # e.g. "remote_write=accept" (overrides policy)
+device_policies = ""              # e.g. "pump-7=reject" (overrides both)
+
 [status]
 step_s = 30.0                     # the status page's charts: one point per step
 history_hours = 6.0               # ... this many hours kept (across restarts)

@@ -182,6 +182,34 @@ def _listen_ok(v: str) -> bool:
     return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
 
 
+def _policies_ok(text: str) -> bool:
+    return all(re.fullmatch(r"\s*[^=,\s][^=,]*=\s*(accept|correct|reject)\s*", item)
+               for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """Device clocks: what to do with timestamps a device's wrong clock gave (see
+    :mod:`edge_node.clock_skew`)."""
+
+    # accept: store as sent (counted, alerted); correct: shift by the device's offset;
+    # reject: refuse the request with a 422 naming the device and its offset
+    policy: str = field(default="correct", metadata=_check(
+        lambda v: v in ("accept", "correct", "reject"), "must be one of: accept, correct, reject"))
+    # a device's newest timestamp further ahead of the receive time than this: its clock
+    max_ahead_s: float = field(default=300.0, metadata=_check(lambda v: v > 0, "must be > 0"))
+    # timestamps before this date: a clock that restarted at its epoch (1970, 2000)
+    earliest_valid: str = field(default="2020-01-01", metadata=_check(
+        lambda v: re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) is not None, "must be YYYY-MM-DD"))
+    # how long a flagged device is watched (its buffered replays corrected too)
+    window_s: float = field(default=600.0, metadata=_check(lambda v: v > 0, "must be > 0"))
+    # per protocol and per device, overriding policy: "remote_write=accept,native=reject"
+    protocol_policies: str = field(default="", metadata=_check(
+        _policies_ok, "must look like 'name=accept,name=correct' (accept, correct or reject)"))
+    device_policies: str = field(default="", metadata=_check(
+        _policies_ok, "must look like 'pump-7=reject,meter-2=accept'"))
+
+
 @dataclass(frozen=True)
 class EdgeConfig:
     """The whole edge node configuration."""
@@ -205,6 +233,7 @@ class EdgeConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     host: HostConfig = field(default_factory=HostConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     @property
     def listen_host(self) -> str:
