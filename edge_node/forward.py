@@ -1,4 +1,13 @@
-"""The forwarder: ships buffered segments to central, one batch in flight, until acknowledged.
+"""The forwarder: ships buffered segments to central until acknowledged, live data first.
+
+Two lanes: the **backlog** lane sends oldest first (highest-priority kind first), one batch in
+flight, as it always did; when what it sends is older than ``central.live_window_s`` (a
+backlog after an outage), the **live** lane sends the newest fresh segments beside it, so
+live data reaches central within seconds while the backlog drains behind. Both wait on the
+link's cap (``central.max_bytes_per_s``, :mod:`edge_node.bandwidth`), the live lane with its
+reserved share. A segment all older than its backend accepts (``central.logs_max_age_s``,
+``metrics_max_age_s``) is not sent: dropped and counted, or kept as a dead letter
+(``central.too_old``).
 
 Outcomes of a send (the state machine is :func:`classify`, sans-IO)::
 
@@ -20,11 +29,12 @@ import httpx
 import trio
 
 from .backoff import Backoff, parse_retry_after
+from .bandwidth import Link
 from .buffer import BufferService, PendingSegment
 from .config import EdgeConfig
 from .errors import BufferFailure
 from .metrics import Registry
-from .runtime import Clock
+from .runtime import Clock, clock_ms
 from .wire import BATCH_CONTENT_TYPE, KINDS, Batch, encode_batch
 
 log = logging.getLogger("fleet_edge.forward")
@@ -80,6 +90,15 @@ class Forwarder:
                                     "(write latency to central, incl. its backends).")
         self.m_dead = r.counter("dead_lettered_total",
                                 "Rows moved to the dead-letter table.", ("kind",))
+        self.m_expired = r.counter(
+            "expired_total", "Rows not sent because they are older than their backend "
+            "accepts (central.logs_max_age_s, metrics_max_age_s; central.too_old = drop).",
+            ("kind",))
+        self.m_live = r.counter("live_lane_sent_total", "Rows the live lane sent beside a "
+                                "draining backlog.", ("kind",))
+        r.gauge("link_wait_seconds", "Time sends waited for central.max_bytes_per_s, in all.",
+                callback=lambda: self.link.waited_s)
+        self._backlog_seg: PendingSegment | None = None
         self.last_ack_s = 0.0
         r.gauge("central_connected", "1 when the last exchange with central succeeded.",
                 callback=lambda: 1.0 if self.connected else 0.0)
@@ -89,16 +108,30 @@ class Forwarder:
         for kind in KINDS:
             self.m_acked.inc(counters.get(f"acked_{kind}", 0), kind)
             self.m_dead.inc(counters.get(f"dead_lettered_{kind}", 0), kind)
+            self.m_expired.inc(counters.get(f"expired_{kind}", 0), kind)
 
     def apply(self, cfg: EdgeConfig) -> None:
         """Use ``cfg``'s ``[central]`` settings from the next send on (also on a reload)."""
         self.cfg = cfg
         self.url = cfg.central.url.rstrip("/") + "/api/v1/batches"
-        self.backoff = Backoff(cfg.central.backoff_initial_s, cfg.central.backoff_max_s)
+        c = cfg.central
+        self.backoff = Backoff(c.backoff_initial_s, c.backoff_max_s)
+        self.live_backoff = Backoff(c.backoff_initial_s, c.backoff_max_s)
+        old = getattr(self, "link", None)
+        if old is None or (old.rate, old.share) != (c.max_bytes_per_s, c.live_share):
+            self.link = Link(c.max_bytes_per_s, c.live_share)
+        self.max_age_ms = {"logs": int(c.logs_max_age_s * 1000),
+                           "metrics": int(c.metrics_max_age_s * 1000),
+                           "rollups": int(c.metrics_max_age_s * 1000)}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._live_lane)
+            await self._backlog_lane()
+
+    async def _backlog_lane(self) -> None:
         while True:
             try:
                 seg = await self.buffer.claim()
@@ -108,7 +141,11 @@ class Forwarder:
                         await self.buffer.segment_ready.wait()
                     continue
                 self.idle = trio.Event()
-                await self.deliver(seg)
+                self._backlog_seg = seg
+                try:
+                    await self.deliver(seg)
+                finally:
+                    self._backlog_seg = None
             except BufferFailure as exc:
                 # the disk is full even past its reserve (or the buffer failed): the segment
                 # stays, unacknowledged; central answers a resend as a duplicate
@@ -116,10 +153,56 @@ class Forwarder:
                 log.error("forwarding paused: %s", exc)
                 await trio.sleep(self.backoff.next_delay())
 
-    async def deliver(self, seg: PendingSegment) -> None:
-        """Send the claimed ``seg`` until it is acknowledged or dead-lettered."""
+    async def _live_lane(self) -> None:
+        """While the backlog lane works on something older than ``live_window_s``, send the
+        newest fresh segments beside it."""
+        while True:
+            window = int(self.cfg.central.live_window_s * 1000)
+            fresh_since = clock_ms(self.clock) - window
+            busy = self._backlog_seg
+            if busy is None or busy.created_ms >= fresh_since:
+                await trio.sleep(0.25)  # no backlog: the backlog lane sends fresh data itself
+                continue
+            try:
+                seg = await self.buffer.claim(fresh_since_ms=fresh_since)
+                if seg is None:
+                    with trio.move_on_after(1.0):
+                        await self.buffer.segment_ready.wait()
+                    continue
+                if await self.deliver(seg, live=True):
+                    self.m_live.inc(seg.n, seg.kind)
+            except BufferFailure as exc:
+                log.error("live forwarding paused: %s", exc)
+                await trio.sleep(self.live_backoff.next_delay())
+
+    async def _too_old(self, seg: PendingSegment) -> bool:
+        """Handle ``seg`` if all of it is older than its backend accepts; True if it was."""
+        limit = self.max_age_ms.get(seg.kind, 0)
+        if not limit or not seg.max_ts or seg.max_ts >= clock_ms(self.clock) - limit:
+            return False
+        age_h = (clock_ms(self.clock) - seg.max_ts) / 3_600_000
+        if self.cfg.central.too_old == "keep":
+            await self.buffer.dead_letter(seg, f"older than the {seg.kind} backend accepts "
+                                          f"(newest row {age_h:.0f} h old; central."
+                                          f"{'logs' if seg.kind == 'logs' else 'metrics'}"
+                                          "_max_age_s)")
+            self.m_dead.inc(seg.n, seg.kind)
+        else:
+            await self.buffer.expire(seg)
+            self.m_expired.inc(seg.n, seg.kind)
+        log.warning("segment %d: %d %s rows, newest %.0f h old, older than their backend "
+                    "accepts: %s", seg.seq, seg.n, seg.kind, age_h,
+                    "kept as a dead letter" if self.cfg.central.too_old == "keep" else "dropped")
+        return True
+
+    async def deliver(self, seg: PendingSegment, *, live: bool = False) -> bool:
+        """Send the claimed ``seg`` until it is acknowledged or dead-lettered; True once
+        central acknowledged it."""
         buf = self.buffer
+        backoff = self.live_backoff if live else self.backoff
         try:
+            if await self._too_old(seg):
+                return False
             # computed once per segment (not per retry): finding them decodes the segment
             defs = await buf.definitions_for(seg)
             while True:
@@ -127,22 +210,23 @@ class Forwarder:
                 body = encode_batch(Batch(node_id=self.cfg.node_id, seq=seg.seq, kind=seg.kind,
                                           segment=seg.blob, rows=seg.n, low_watermark=low,
                                           series_defs=defs, epoch=buf.epoch))
+                await self.link.send_allowed(len(body), live=live)
                 verdict = await self._send(body, seg)
                 if verdict.action == ACK:
                     await buf.ack(seg, [sid for sid, _ in defs])  # shielded
                     self.m_acked.inc(seg.n, seg.kind)
                     self.last_ack_s = self.clock()
-                    self.backoff.reset()
-                    return
+                    backoff.reset()
+                    return True
                 if verdict.action == RESEND:
                     log.info("central lacks %d series definitions; resending",
                              len(verdict.missing))
                     await buf.forget_definitions(verdict.missing)
                     defs = await buf.definitions_for(seg)
-                    if self.backoff.failures > 3:
-                        await trio.sleep(self.backoff.next_delay())
+                    if backoff.failures > 3:
+                        await trio.sleep(backoff.next_delay())
                     else:
-                        self.backoff.failures += 1
+                        backoff.failures += 1
                     await buf.retry(seg)
                     continue
                 if verdict.action == DEAD_LETTER:
@@ -151,8 +235,8 @@ class Forwarder:
                               verdict.reason)
                     await buf.dead_letter(seg, verdict.reason)  # shielded
                     self.m_dead.inc(seg.n, seg.kind)
-                    return
-                delay = self.backoff.next_delay(verdict.retry_after_s)
+                    return False
+                delay = backoff.next_delay(verdict.retry_after_s)
                 log.warning("sending segment %d failed (%s); retry in %.1fs", seg.seq,
                             verdict.reason, delay)
                 await trio.sleep(delay)

@@ -129,6 +129,15 @@ def drain_eta(pending: float, in_rate: float | None, out_rate: float | None) -> 
     return pending / net if net > 0 else None
 
 
+def capped_eta(eta: float | None, pending_rows: int, pending_bytes: int, cap: float
+               ) -> float | None:
+    """The drain ETA, no sooner than the link cap allows for the bytes waiting (before the
+    rates are measured, the cap alone says it)."""
+    if not cap or not pending_rows:
+        return eta
+    return max(eta or 0.0, pending_bytes / cap)
+
+
 def readiness(buffer_open: bool, stopping: bool, used_ratio: float, central_ok: bool,
               pending_rows: int, refusal: str | None = None) -> list[str]:
     """Why the node is not ready (empty: ready). Central being unreachable alone is normal at
@@ -319,7 +328,10 @@ class StatusService:
             "forward": {"rows_per_s": out_rate, "ingest_rows_per_s": in_rate,
                         "acked_total": reg.value("acked_total"),
                         "errors_total": reg.value("forward_errors_total"),
-                        "drain_eta_s": drain_eta(pending, in_rate, out_rate)},
+                        "drain_eta_s": capped_eta(drain_eta(pending, in_rate, out_rate),
+                                                  pending, st.used_bytes,
+                                                  cfg.central.max_bytes_per_s),
+                        "max_bytes_per_s": cfg.central.max_bytes_per_s or None},
             "alerts": alerts[:ALERTS_LISTED],
             "alerts_firing": sum(a["state"] == "firing" for a in alerts),
             "alerts_pending": sum(a["state"] == "pending" for a in alerts),

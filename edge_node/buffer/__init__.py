@@ -43,7 +43,14 @@ Only :class:`BufferService` is used by the running node; the offline tools (the 
 
 from .budget import DROP_ORDER, plan_drops
 from .journal import pack_journal_rows, unpack_journal
-from .salvage import Report, check, list_dead_letters, requeue_dead_letters, salvage
+from .salvage import (
+    Report,
+    check,
+    drop_dead_letters,
+    list_dead_letters,
+    requeue_dead_letters,
+    salvage,
+)
 from .series import SeriesDictionary
 from .service import BufferService, Writer, open_buffer
 from .stage import RollStage, StageOutput
@@ -61,6 +68,7 @@ __all__ = [
     "Store",
     "Writer",
     "check",
+    "drop_dead_letters",
     "list_dead_letters",
     "open_buffer",
     "pack_journal_rows",

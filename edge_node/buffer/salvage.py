@@ -222,3 +222,13 @@ def requeue_dead_letters(path: str | Path, seqs: list[int] | None = None, *,
         return store.requeue_dead_letters(seqs)
     finally:
         store.close()
+
+
+def drop_dead_letters(path: str | Path, seqs: list[int], *, synchronous: str = "full"
+                      ) -> list[tuple[int, str, int, str]]:
+    """Delete dead letters ``seqs`` for good: [(seq, kind, rows, reason)] of those dropped."""
+    store = Store(path, synchronous=synchronous)
+    try:
+        return store.drop_dead_letters(seqs)
+    finally:
+        store.close()

@@ -375,10 +375,12 @@ class BufferService:
 
     # -- the forwarder side ---------------------------------------------------------------------
 
-    async def claim(self) -> PendingSegment | None:
-        """The next segment to forward, its attempt counted; it stays claimed (never merged,
-        never dropped for the budget) until :meth:`release`."""
-        seg = await self._store_call(self._store.claim_next_segment, set(self._inflight))
+    async def claim(self, fresh_since_ms: int | None = None) -> PendingSegment | None:
+        """The next segment to forward (oldest first; with ``fresh_since_ms``, the newest made
+        since then), its attempt counted; it stays claimed (never merged, never dropped for
+        the budget) until :meth:`release`."""
+        seg = await self._store_call(self._store.claim_next_segment, set(self._inflight),
+                                     fresh_since_ms)
         if seg is not None:
             self._inflight.add(seg.seq)
         return seg
@@ -414,6 +416,12 @@ class BufferService:
         """Count another attempt of ``seg`` (not on a full disk: the claim counted one)."""
         with contextlib.suppress(DiskFull):
             await self._store_call(self._store.mark_attempt, seg.seq, retry=False)
+
+    async def expire(self, seg: PendingSegment) -> None:
+        """Drop ``seg``: all of it is older than its kind's backend accepts (counted as
+        ``expired_<kind>``; shielded)."""
+        with trio.CancelScope(shield=True):
+            await self._store_call(self._store.expire_segment, seg.seq, seg.kind, seg.n)
 
     async def dead_letter(self, seg: PendingSegment, reason: str) -> None:
         """Move ``seg`` to the dead-letter table: central refused it as malformed (shielded)."""

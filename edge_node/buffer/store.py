@@ -65,6 +65,7 @@ class PendingSegment:
     n: int
     blob: bytes
     created_ms: int
+    max_ts: int = 0  # its newest row's timestamp
 
 
 _SYNC_NAMES = {0: "off", 1: "normal", 2: "full", 3: "extra"}
@@ -252,18 +253,24 @@ class Store:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def next_segment(self, exclude: Iterable[int] = ()) -> PendingSegment | None:
-        """The segment to forward next: highest-priority kind first, oldest first."""
+    def next_segment(self, exclude: Iterable[int] = (), *, fresh_since_ms: int | None = None
+                     ) -> PendingSegment | None:
+        """The segment to forward next: highest-priority kind first, oldest first; or, with
+        ``fresh_since_ms`` (the live lane), the newest made since then."""
         skip = set(exclude)
+        order, since = ("ORDER BY seq", -1) if fresh_since_ms is None else (
+            "ORDER BY seq DESC", fresh_since_ms)
         for kind in KINDS:
-            for seq, n, blob, created in self.conn.execute(
-                    "SELECT seq, n, blob, created_ms FROM segments WHERE kind=? ORDER BY seq "
-                    "LIMIT ?", (kind, len(skip) + 1)):
+            for seq, n, blob, created, max_ts in self.conn.execute(
+                    "SELECT seq, n, blob, created_ms, max_ts FROM segments WHERE kind=? AND "
+                    f"created_ms>=? {order} LIMIT ?", (kind, since, len(skip) + 1)):
                 if seq not in skip:
-                    return PendingSegment(seq=seq, kind=kind, n=n, blob=blob, created_ms=created)
+                    return PendingSegment(seq=seq, kind=kind, n=n, blob=blob, created_ms=created,
+                                          max_ts=max_ts)
         return None
 
-    def claim_next_segment(self, exclude: Iterable[int] = ()) -> PendingSegment | None:
+    def claim_next_segment(self, exclude: Iterable[int] = (), fresh_since_ms: int | None = None
+                           ) -> PendingSegment | None:
         """Choose the next segment to forward and count an attempt, in one transaction.
 
         A segment with attempts > 0 is never merged, and the merger swaps segments in a
@@ -272,7 +279,7 @@ class Store:
         rows could reach central twice.
         """
         with self.tx():
-            seg = self.next_segment(exclude)
+            seg = self.next_segment(exclude, fresh_since_ms=fresh_since_ms)
             if seg is not None:
                 self.mark_attempt(seg.seq)
         return seg
@@ -298,6 +305,12 @@ class Store:
                                   "(SELECT value FROM json_each(?))", (json.dumps(ids),))
             self.bump(f"acked_{kind}", n)
             self.bump("acked_batches", 1)
+
+    def expire_segment(self, seq: int, kind: str, n: int) -> None:
+        """Forget segment ``seq`` unsent: too old for its backend (counted)."""
+        with self.tx():
+            self.conn.execute("DELETE FROM segments WHERE seq=?", (seq,))
+            self.bump(f"expired_{kind}", n)
 
     def dead_letter(self, seq: int, reason: str) -> None:
         """Move segment ``seq`` aside: central refused it as malformed."""
@@ -338,6 +351,19 @@ class Store:
                 self.bump("requeued_dead_letters", n)
                 moved.append((seq, new))
         return moved
+
+    def drop_dead_letters(self, seqs: Iterable[int]) -> list[tuple[int, str, int, str]]:
+        """Delete dead letters ``seqs`` for good (an operator decided): each one counted
+        (``dropped_dead_letters_<kind>``) and logged by the caller. [(seq, kind, rows, reason)]
+        of those dropped."""
+        wanted = set(seqs)
+        with self.tx():
+            rows = [r for r in self.conn.execute(
+                "SELECT seq, kind, n, reason FROM dead_letters ORDER BY seq") if r[0] in wanted]
+            for seq, kind, n, _ in rows:
+                self.conn.execute("DELETE FROM dead_letters WHERE seq=?", (seq,))
+                self.bump(f"dropped_dead_letters_{kind}", n)
+        return [(int(a), str(b), int(c), str(d)) for a, b, c, d in rows]
 
     # -- disk budget ---------------------------------------------------------------------------
 

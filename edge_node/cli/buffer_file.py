@@ -4,11 +4,14 @@ check`` / ``buffer salvage``, and ``dead-letters`` (list, or requeue what centra
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from .format import fmt_utc, print_table
 from .node_client import load_config
+
+log = logging.getLogger("fleet_edge.cli")
 
 
 def buffer_command(args: argparse.Namespace) -> int:
@@ -52,13 +55,25 @@ def buffer_command(args: argparse.Namespace) -> int:
 
 
 def dead_letters(args: argparse.Namespace) -> int:
-    """List the dead letters, or (--requeue) send them again under new sequence numbers."""
-    from ..buffer import list_dead_letters, requeue_dead_letters
+    """List the dead letters, (--requeue) send them again under new sequence numbers, or
+    (--drop) delete them for good (each logged to stderr and counted in the buffer)."""
+    from ..buffer import drop_dead_letters, list_dead_letters, requeue_dead_letters
 
     cfg = load_config(args.config)
     if not cfg.db_path.exists():
         print(f"fleet-edge: no buffer at {cfg.db_path}", file=sys.stderr)
         return 1
+    if args.drop:
+        gone = drop_dead_letters(cfg.db_path, args.drop, synchronous=cfg.buffer.synchronous)
+        for seq, kind, n, reason in gone:
+            print(f"dropped dead letter {seq}: {n} {kind} rows ({reason})")
+            log.warning("dead letter %d dropped by the operator: %d %s rows (%s)", seq, n,
+                        kind, reason)
+        missing = sorted(set(args.drop) - {g[0] for g in gone})
+        if missing:
+            print(f"fleet-edge: no dead letter {', '.join(map(str, missing))}", file=sys.stderr)
+        print(f"{len(gone)} dead letters dropped")
+        return 1 if missing else 0
     if args.requeue is not None:
         moved = requeue_dead_letters(cfg.db_path, args.requeue or None,
                                      synchronous=cfg.buffer.synchronous)

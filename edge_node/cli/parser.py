@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(dl, "the node's config (to find its buffer)")
     dl.add_argument("--requeue", nargs="*", type=int, metavar="SEQ",
                     help="requeue these (or, with no SEQ, all) dead letters")
+    dl.add_argument("--drop", nargs="+", type=int, metavar="SEQ",
+                    help="delete these dead letters for good (counted in the buffer, logged)")
     dl.add_argument("--json", action="store_true")
     dv = sub.add_parser(
         "devices", help="list the fleetd agents registered with this node (registered), every "

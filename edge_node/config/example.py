@@ -18,6 +18,12 @@ timeout_s = 30.0
 backoff_initial_s = 0.5
 backoff_max_s = 60.0
 max_batch_bytes = 8388608         # segments are sized to fit one batch of this size
+max_bytes_per_s = 0               # cap for metered links (bytes/s sent to central); 0: none
+live_share = 0.25                 # ... share of the cap kept for live data
+live_window_s = 60.0              # segments this fresh go out beside a draining backlog
+logs_max_age_s = 604800.0         # not sent when older (Loki's reject_old_samples_max_age)
+metrics_max_age_s = 0.0           # ... (VictoriaMetrics' retention); 0: no limit
+too_old = "drop"                  # drop (counted) | keep (a dead letter, exportable)
 
 [buffer]
 max_disk_mb = 1024                # oldest logs, then oldest metrics, are dropped beyond this

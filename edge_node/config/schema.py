@@ -37,6 +37,26 @@ class CentralConfig:
     # accepts up to 64 MiB by default.
     max_batch_bytes: int = field(default=8 * 1024 * 1024,
                                  metadata=_check(lambda v: v >= 1024, "must be >= 1024"))
+    # A cap on the bytes sent to central per second (metered cellular, satellite); 0: none
+    max_bytes_per_s: float = field(default=0.0, metadata=_check(
+        lambda v: v == 0 or v >= 1024, "must be 0 (no cap) or >= 1024"))
+    # The share of that cap kept for live data; the backlog drains in the rest (and in what
+    # live data leaves unused)
+    live_share: float = field(default=0.25, metadata=_check(
+        lambda v: 0 < v < 1, "must be between 0 and 1"))
+    # Segments made within this many seconds are live: while an older backlog drains, they
+    # go out beside it, newest first
+    live_window_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "must be > 0"))
+    # Data older than its backend accepts is not sent (0: no limit): logs past Loki's
+    # reject_old_samples_max_age (a week by default); metrics past VictoriaMetrics' retention
+    logs_max_age_s: float = field(default=604800.0, metadata=_check(
+        lambda v: v >= 0, "must be >= 0"))
+    metrics_max_age_s: float = field(default=0.0, metadata=_check(
+        lambda v: v >= 0, "must be >= 0"))
+    # ...and is dropped (counted in fleet_edge_expired_total) or kept as a dead letter
+    # (listed by fleet-edge dead-letters, requeued or dropped from there)
+    too_old: str = field(default="drop", metadata=_check(
+        lambda v: v in ("drop", "keep"), "must be drop or keep"))
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,34 @@ async def test_dead_letters_cli_lists_and_requeues(tmp_path: Path,
     assert "segment is inconsistent" in listing and "1 dead letters" in listing
     assert "1 dead letters requeued" in cli("--requeue")
     assert "0 dead letters" in cli()
+
+
+async def test_dead_letters_cli_drops_one_for_good_and_counts_it(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    import subprocess
+    import sys
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "segment is inconsistent"})
+
+    store, _ = await _run(tmp_path, handler, lambda b, f: f.m_dead.get("metrics") > 0)
+    (dl,) = store.dead_letters()
+    store.close()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'node_id = "edge-1"\ndata_dir = "{tmp_path / "edge"}"\n'
+                   '[central]\nurl = "http://127.0.0.1:9"\napi_key = "k"\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_node.cli", "dead-letters", "--config",
+                               str(cfg), *args], capture_output=True, text=True, check=False)
+
+    missing = cli("--drop", "99999")
+    assert missing.returncode == 1 and "no dead letter 99999" in missing.stderr
+    dropped = cli("--drop", str(dl["seq"]))
+    assert dropped.returncode == 0, dropped.stderr
+    assert f"dropped dead letter {dl['seq']}: 30 metrics rows (segment is inconsistent)" in \
+        dropped.stdout and "dropped by the operator" in dropped.stderr
+    assert "0 dead letters" in cli().stdout
+    again = Store(tmp_path / "edge" / "buffer.sqlite3")
+    assert again.counters()["dropped_dead_letters_metrics"] == 30  # counted, for the record
+    again.close()

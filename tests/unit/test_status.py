@@ -141,3 +141,13 @@ def test_a_registry_part_registered_again_keeps_counting() -> None:
     assert r.by_label("by_total", "protocol") == {"influx": 2.0, "loki": 1.0}
     assert r.value("by_total", protocol="loki") == 1.0
     assert r.value("missing") == 0.0 and r.by_label("missing", "x") == {}
+
+
+def test_the_drain_eta_honours_the_link_cap() -> None:
+    from edge_node.status import capped_eta
+
+    assert capped_eta(None, 1000, 3_600_000, 1000.0) == 3600.0  # not measured yet: the cap
+    assert capped_eta(10.0, 1000, 3_600_000, 1000.0) == 3600.0  # faster than the cap allows
+    assert capped_eta(7200.0, 1000, 3_600_000, 1000.0) == 7200.0  # slower than the cap
+    assert capped_eta(10.0, 1000, 3_600_000, 0) == 10.0  # no cap
+    assert capped_eta(None, 0, 0, 1000.0) is None  # nothing waiting
