@@ -6,8 +6,9 @@ starve everything else on the link. ``central.max_bytes_per_s`` caps what the fo
 data still goes out within seconds while the backlog drains in what is left.
 
 :class:`Bucket` is the sans-IO core (the caller passes the time); :class:`Link` waits on it
-with Trio. A batch larger than the bucket may go once the bucket is full, leaving a debt that
-later sends wait out, so the average rate holds whatever the batch sizes.
+with Trio. A send waits until its bytes are earned (a batch larger than the bucket waits until
+that much has accrued), so the link never carries more than the rate allows over the time a
+batch takes to earn.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import trio
 class Bucket:
     """Two token buckets over one rate: ``share`` of it for the live lane, the rest for the
     backlog, which also gets whatever the live lane leaves unused (its bucket overflowing).
-    A backlog batch larger than its bucket leaves a debt on the backlog side only: live data
-    never waits behind it."""
+    A big backlog batch waits on the backlog's bucket only: live data never waits behind it."""
 
     def __init__(self, rate: float, share: float, now: float, burst_s: float = 1.0) -> None:
         self.live_rate, self.bulk_rate = rate * share, rate * (1 - share)
@@ -29,13 +29,17 @@ class Bucket:
         self.bulk_burst = rate * burst_s  # the live lane's unused share banks here too
         self.live, self.bulk = self.live_burst, self.bulk_burst
         self.at = now
+        # a send bigger than its bucket lets the bucket bank up to its size while it waits
+        self.want_live = self.want_bulk = 0.0
 
     def _refill(self, now: float) -> None:
         dt, self.at = max(0.0, now - self.at), now
+        live_cap = max(self.live_burst, self.want_live)
         live = self.live + dt * self.live_rate
-        spill = max(0.0, live - self.live_burst)
-        self.live = min(live, self.live_burst)
-        self.bulk = min(self.bulk_burst, self.bulk + dt * self.bulk_rate + spill)
+        spill = max(0.0, live - live_cap)
+        self.live = min(live, live_cap)
+        self.bulk = min(max(self.bulk_burst, self.want_bulk),
+                        self.bulk + dt * self.bulk_rate + spill)
 
     def _side(self, live: bool) -> str:
         return "live" if live and self.live_rate > 0 else "bulk"
@@ -45,13 +49,14 @@ class Bucket:
         later call says again: the backlog's refill includes the live lane's overflow)."""
         self._refill(now)
         if self._side(live) == "live":
-            need = min(n, self.live_burst)
-            return max(0.0, (need - self.live) / self.live_rate)
-        need = min(n, self.bulk_burst)
+            self.want_live = float(n)
+            return max(0.0, (n - self.live) / self.live_rate)
+        self.want_bulk = need = float(n)
         if self.bulk >= need:
             return 0.0
         # the backlog's own rate, plus the live share once the live bucket is full (it spills)
-        fill = (self.live_burst - self.live) / self.live_rate if self.live_rate else 0.0
+        fill = (max(self.live_burst, self.want_live) - self.live) / self.live_rate \
+            if self.live_rate else 0.0
         own = self.bulk + fill * self.bulk_rate
         if own >= need or self.live_rate == 0:
             return (need - self.bulk) / max(self.bulk_rate, 1e-9)
@@ -61,8 +66,10 @@ class Bucket:
         self._refill(now)
         if self._side(live) == "live":
             self.live -= n
+            self.want_live = 0.0
         else:
             self.bulk -= n
+            self.want_bulk = 0.0
 
 
 class Link:

@@ -1,8 +1,8 @@
 """The forwarder: ships buffered segments to central until acknowledged, live data first.
 
 Two lanes: the **backlog** lane sends oldest first (highest-priority kind first), one batch in
-flight, as it always did; when what it sends is older than ``central.live_window_s`` (a
-backlog after an outage), the **live** lane sends the newest fresh segments beside it, so
+flight, as it always did; when the data it sends is older than ``central.live_window_s`` (a
+backlog after an outage), the **live** lane sends the newest segments of fresher data beside it, so
 live data reaches central within seconds while the backlog drains behind. Both wait on the
 link's cap (``central.max_bytes_per_s``, :mod:`edge_node.bandwidth`), the live lane with its
 reserved share. A segment all older than its backend accepts (``central.logs_max_age_s``,
@@ -154,13 +154,13 @@ class Forwarder:
                 await trio.sleep(self.backoff.next_delay())
 
     async def _live_lane(self) -> None:
-        """While the backlog lane works on something older than ``live_window_s``, send the
-        newest fresh segments beside it."""
+        """While the backlog lane works on data older than ``live_window_s``, send the
+        newest segments with data fresher than that beside it."""
         while True:
             window = int(self.cfg.central.live_window_s * 1000)
             fresh_since = clock_ms(self.clock) - window
             busy = self._backlog_seg
-            if busy is None or busy.created_ms >= fresh_since:
+            if busy is None or busy.max_ts >= fresh_since:
                 await trio.sleep(0.25)  # no backlog: the backlog lane sends fresh data itself
                 continue
             try:

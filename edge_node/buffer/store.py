@@ -256,14 +256,15 @@ class Store:
     def next_segment(self, exclude: Iterable[int] = (), *, fresh_since_ms: int | None = None
                      ) -> PendingSegment | None:
         """The segment to forward next: highest-priority kind first, oldest first; or, with
-        ``fresh_since_ms`` (the live lane), the newest made since then."""
+        ``fresh_since_ms`` (the live lane), the newest whose data reaches past then."""
         skip = set(exclude)
-        order, since = ("ORDER BY seq", -1) if fresh_since_ms is None else (
+        order, since = ("ORDER BY seq", None) if fresh_since_ms is None else (
             "ORDER BY seq DESC", fresh_since_ms)
         for kind in KINDS:
             for seq, n, blob, created, max_ts in self.conn.execute(
                     "SELECT seq, n, blob, created_ms, max_ts FROM segments WHERE kind=? AND "
-                    f"created_ms>=? {order} LIMIT ?", (kind, since, len(skip) + 1)):
+                    f"(? IS NULL OR max_ts>=?) {order} LIMIT ?",
+                    (kind, since, since, len(skip) + 1)):
                 if seq not in skip:
                     return PendingSegment(seq=seq, kind=kind, n=n, blob=blob, created_ms=created,
                                           max_ts=max_ts)
