@@ -183,6 +183,7 @@ class BufferService:
             if self.disk is None or not is_disk_full(exc):
                 raise
             self.m_disk_full.inc()
+            exc.__traceback__ = None  # it holds this frame and ``args``: no cycle (see _commit)
             freed = await self._run(self.disk.hit, exc)
             if retry and freed:
                 try:
@@ -267,6 +268,10 @@ class BufferService:
         except Exception as exc:
             if not isinstance(exc, DiskFull):
                 log.error("buffer commit of %d requests failed: %s", len(group), exc)
+            # the tickets keep the error: without its traceback, which holds this frame and
+            # with it every request of the group (a cycle the rarely-run collector would keep
+            # for long: a 503 storm on a full disk grew the process by gigabytes)
+            exc.__traceback__ = None
             for t in group:
                 t.error = exc
                 t.done.set()

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -102,6 +103,12 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
                 assert r.status_code == 204
             await node.status.sample()
             await trio.sleep(1.0)
+        # a device whose clock runs two days ahead (its samples are corrected, and listed)
+        r = await c.post(node.url + "/api/v1/ingest", json={
+            "device_id": "meter-9", "labels": {"site": "plant-7"},
+            "metrics": [{"name": "kwh", "value": 1.0,
+                         "ts": int(time.time() * 1000) + 2 * 86_400_000}]})
+        assert r.status_code == 204
         await node.status.sample()
         assert node.alerts is not None and node.alerts.summary()
 
@@ -121,6 +128,7 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
         assert re.search(r"Alerts firing\s+2\s+0 pending", text), text[:600]
         assert "native" in text  # ingest by protocol
         assert "Gateway CPU" in text and "Memory used" in text
+        assert "meter-9 2.0 d ahead correct" in text, text[-800:]  # the clocks table
         assert '<span id="error"></span>' in dom  # the page reached the node
         synced = (await c.get(node.url + "/api/v1/status")).json()["clock_synchronized"]
         clock_pill = re.search(r'<span id="clock"[^>]*>', dom)
