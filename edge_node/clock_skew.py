@@ -61,6 +61,7 @@ class Skew:
 class _Device:
     samples: deque[tuple[int, int]] = field(default_factory=deque)  # (receive ms, offset ms)
     last: int = 0  # the offset of its last skewed request
+    flagged_ms: int = 0  # when that was
 
     def add(self, now_ms: int, offset_ms: int, window_ms: int) -> int:
         self.samples.append((now_ms, offset_ms))
@@ -86,9 +87,19 @@ class ClockSkewTracker:
         self.by_protocol = parse_policies(cfg.protocol_policies)
         self.by_device = parse_policies(cfg.device_policies)
 
-    def offsets(self) -> dict[str, float]:
-        """device -> the offset (s) of its last skewed request, for the devices watched."""
-        return {d: s.last / 1000 for d, s in self.devices.items()}
+    def offsets(self, now_ms: int | None = None) -> dict[str, float]:
+        """device -> the offset (s) of its last skewed request, for the devices flagged
+        within ``window_s`` (of ``now_ms``; by default of the newest flag)."""
+        if not self.devices:
+            return {}
+        now = now_ms if now_ms is not None else max(d.flagged_ms for d in self.devices.values())
+        return {d: s.last / 1000 for d, s in self.devices.items()
+                if s.flagged_ms >= now - self.window_ms}
+
+    def _expire(self, now_ms: int) -> None:
+        """Stop watching devices not flagged within ``window_s``."""
+        for d in [d for d, s in self.devices.items() if s.flagged_ms < now_ms - self.window_ms]:
+            del self.devices[d]
 
     def policy_for(self, device: str, protocol: str) -> str:
         return self.by_device.get(device) or self.by_protocol.get(protocol) or self.cfg.policy
@@ -103,9 +114,11 @@ class ClockSkewTracker:
         stamps = (batch.metric_ts, batch.log_ts, batch.hb_ts)
         lo = min((min(t) for t in stamps if t), default=now_ms)
         hi = max((max(t) for t in stamps if t), default=now_ms)
+        if self.devices:
+            self._expire(now_ms)
         if hi <= now_ms + self.max_ahead_ms and lo >= self.floor_ms and not self.devices:
             return []  # the common case: nothing out of range, nobody flagged
-        newest = self._newest_per_device(batch)
+        newest = self._newest_per_device(batch, now_ms)
         decisions = []
         for device, (t, rows) in newest.items():
             own = t - now_ms
@@ -117,12 +130,18 @@ class ClockSkewTracker:
                 if own >= -self.max_ahead_ms:  # fresh data stamped right: the clock is fixed
                     del self.devices[device]
                     continue
+            if not device:  # rows of no device: judged per request, no state kept
+                if bad:
+                    decisions.append(Skew(device, own, self.policy_for(device, protocol), rows))
+                continue
             if state is None:
                 state = self.devices[device] = _Device()
             most = state.add(now_ms, own, self.window_ms)
             if not bad and most <= self.max_ahead_ms:
                 continue  # old data of a device whose clock is not ahead: a replay, fine
-            state.last = own if bad else most
+            # a replay of a fast clock, still ahead itself: by the largest offset it showed
+            state.last = max(own, most) if own > self.max_ahead_ms or not bad else own
+            state.flagged_ms = now_ms
             decisions.append(Skew(device, state.last, self.policy_for(device, protocol), rows))
         for d in decisions:
             if d.policy == "reject":
@@ -136,8 +155,10 @@ class ClockSkewTracker:
         return decisions
 
     @staticmethod
-    def _newest_per_device(batch: IngestBatch) -> dict[str, tuple[int, int]]:
-        """device -> (its newest timestamp, its rows) over the request's rows."""
+    def _newest_per_device(batch: IngestBatch, now_ms: int) -> dict[str, tuple[int, int]]:
+        """device -> (its newest timestamp, its rows) over the request's rows; rows stamped
+        at ``now_ms`` (the edge's own stamp, for rows that carry none) do not count as the
+        device's newest unless it has no other."""
         out: dict[str, tuple[int, int]] = {}
         memo: dict[int, str] = {}
         for keys, stamps in ((batch.metric_keys, batch.metric_ts),
@@ -147,7 +168,12 @@ class ClockSkewTracker:
                 if device is None:
                     device = memo[id(key)] = _device_of(key)
                 cur = out.get(device)
-                out[device] = (t, 1) if cur is None else (max(cur[0], t), cur[1] + 1)
+                if cur is None:
+                    out[device] = (t, 1)
+                elif t == now_ms or (cur[0] != now_ms and cur[0] >= t):
+                    out[device] = (cur[0], cur[1] + 1)
+                else:
+                    out[device] = (t, cur[1] + 1)
         return out
 
 

@@ -122,7 +122,7 @@ class Forwarder:
             self.link = Link(c.max_bytes_per_s, c.live_share)
         self.max_age_ms = {"logs": int(c.logs_max_age_s * 1000),
                            "metrics": int(c.metrics_max_age_s * 1000),
-                           "rollups": int(c.metrics_max_age_s * 1000)}
+                           "rollups": int(c.rollups_max_age_s * 1000)}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -184,8 +184,7 @@ class Forwarder:
         if self.cfg.central.too_old == "keep":
             await self.buffer.dead_letter(seg, f"older than the {seg.kind} backend accepts "
                                           f"(newest row {age_h:.0f} h old; central."
-                                          f"{'logs' if seg.kind == 'logs' else 'metrics'}"
-                                          "_max_age_s)")
+                                          f"{seg.kind}_max_age_s)")
             self.m_dead.inc(seg.n, seg.kind)
         else:
             await self.buffer.expire(seg)

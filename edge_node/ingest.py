@@ -97,7 +97,8 @@ class IngestHandler:
         registry.gauge("device_clock_offset_seconds", "How far a device's clock is off (its "
                        "newest timestamp minus the receive time; positive: ahead), for devices "
                        "whose timestamps were out of range lately.", ("device",),
-                       callback=lambda: {(d,): o for d, o in clocks.offsets().items()})
+                       callback=lambda: {(d,): o for d, o in
+                                         clocks.offsets(clock_ms(self.clock)).items()})
         registry.gauge("clock_skewed_rows", "Rows of devices with a wrong clock since the "
                        "start, by what was done: accept, correct (shifted), reject (422).",
                        ("policy",), callback=lambda: {(p,): float(n)

@@ -49,7 +49,7 @@ PIDFILE = "fleet-edge.pid"
 
 
 #: config sections and keys a reload applies at once; the others need a restart
-LIVE = ("log_level", "central", "ingest", "scrape", "aggregate", "alerts", "host")
+LIVE = ("log_level", "central", "ingest", "scrape", "aggregate", "alerts", "host", "clock")
 
 
 @dataclass

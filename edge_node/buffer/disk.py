@@ -66,6 +66,7 @@ class DiskGuard:
         self.reusable_bytes = 0  # free pages inside the buffer file (new rows reuse them)
         self.reason: str | None = None  # set while refusing
         self.full_errors = 0  # disk-full errors SQLite reported
+        self._step_shift = 0  # page give-back steps halved this many times
         self.release_reserve()  # a restart into a full disk must be able to open the buffer
         self.check()
 
@@ -93,16 +94,23 @@ class DiskGuard:
         return self.free_bytes + self.reusable_bytes
 
     def wants_pages(self, reusable_bytes: int) -> int:
-        """Bytes of the buffer's free pages to hand back to the filesystem now (0: none), so
-        the reserve can be put back: it is missing, the filesystem lacks the room for it, and
-        the buffer's free pages (what acknowledged segments left) make up the difference."""
-        if self.reserve_path.exists():
-            return 0
+        """Bytes of the buffer's free pages to hand back to the filesystem now (0: none).
+        Accepting needs the reserve in place and ``reserve_bytes`` more free on the
+        filesystem (every write grows the WAL first); when the filesystem lacks that but the
+        buffer's free pages (what acknowledged segments left) make it up, they go back, in
+        steps: moving pages writes them to the WAL first, so one step is at most half what
+        the filesystem has free (halved again after a step that did not fit)."""
         free, _ = self._measure()
-        need = 2 * self.reserve_bytes - free
+        r = self.reserve_bytes
+        need = (r if self.reserve_path.exists() else 2 * r) - free
         if need <= 0 or reusable_bytes < need:
             return 0
-        return min(reusable_bytes, need + self.reserve_bytes)  # with some slack
+        step = max(64 * 1024, free // 2) >> self._step_shift
+        return min(reusable_bytes, need + r // 2, step)
+
+    def step_failed(self) -> None:
+        """The last :meth:`wants_pages` step did not fit: ask for half as much next time."""
+        self._step_shift = min(self._step_shift + 1, 8)
 
     def check(self, reusable_bytes: int = 0) -> bool:
         """Measure the free space (``reusable_bytes``: the buffer file's free pages) and move
@@ -112,8 +120,13 @@ class DiskGuard:
         r = self.reserve_bytes
         if not self.reserve_path.exists() and self.free_bytes >= 2 * r and self.restore_reserve():
             self.free_bytes, _ = self._measure()
+        if self.reserve_path.exists():
+            self._step_shift = 0
         if self.refusing:
-            if self.available_bytes >= 2 * r and self.reserve_path.exists():
+            # the reserve in place, one reserve's worth free on the filesystem (writes grow
+            # the WAL first) and twice that in all, the buffer's free pages counted
+            if (self.reserve_path.exists() and self.free_bytes >= r
+                    and self.available_bytes >= 2 * r):
                 log.warning("the buffer's disk has room again (%.1f MiB free, %.1f MiB free "
                             "in the buffer): accepting data", self.free_bytes / MiB,
                             self.reusable_bytes / MiB)

@@ -95,6 +95,8 @@ class BufferService:
         if stage is not None:
             stage.load(*store.agg_saved())
         self._inflight: set[int] = set()
+        # claims (two forwarder lanes) and the budget's drops see in-flight segments at once
+        self._claim_lock = trio.Lock()
         self.segment_ready = trio.Event()
         self._send, self._recv = trio.open_memory_channel[_Ticket](cfg.queue_size)
         self._closed = False
@@ -131,6 +133,9 @@ class BufferService:
                 callback=lambda: float(self.stats.dead_letters))
         r.gauge("buffer_disk_budget_bytes", "The configured disk budget.",
                 callback=lambda: float(self.max_bytes))
+        r.gauge("dead_letters_dropped", "Dead-letter rows dropped by fleet-edge dead-letters "
+                "--drop.", ("kind",), callback=lambda: {(k,): float(
+                    self.stats.counters.get(f"dropped_dead_letters_{k}", 0)) for k in KINDS})
         r.gauge("buffer_disk_full", "1 while the data disk is full and new data is refused "
                 "(503) until forwarding frees space.",
                 callback=lambda: float(self.refusal is not None))
@@ -149,8 +154,7 @@ class BufferService:
         return self._store.epoch
 
     @property
-    def synchronous(self) -> str:
-        """The buffer connection's ``PRAGMA synchronous``, as SQLite reports it."""
+    def synchronous(self) -> str:  # the connection's PRAGMA synchronous, read back
         return self._store.synchronous
 
     @property
@@ -226,9 +230,8 @@ class BufferService:
         """
         if self._closed:
             raise BufferFailure("the buffer is shutting down")
-        if self.disk is not None and self.disk.refusing and (
-                batch.n_samples or batch.n_logs or batch.n_heartbeats):
-            # alert events alone still go in (a few rows, and one may say the disk is full)
+        if self.disk is not None and self.disk.refusing and (  # alert events alone still go
+                batch.n_samples or batch.n_logs or batch.n_heartbeats):  # in: a few rows
             raise DiskFull(self.disk.reason)
         ids = self._series.ids
         ticket = _Ticket(batch, (ids(batch.metric_keys), ids(batch.log_keys),
@@ -268,9 +271,8 @@ class BufferService:
         except Exception as exc:
             if not isinstance(exc, DiskFull):
                 log.error("buffer commit of %d requests failed: %s", len(group), exc)
-            # the tickets keep the error: without its traceback, which holds this frame and
-            # with it every request of the group (a cycle the rarely-run collector would keep
-            # for long: a 503 storm on a full disk grew the process by gigabytes)
+            # the tickets keep the error, not its traceback: that holds this frame and every
+            # request of the group, a cycle the rarely-run collector keeps (gigabytes, once)
             exc.__traceback__ = None
             for t in group:
                 t.error = exc
@@ -328,7 +330,13 @@ class BufferService:
                 reusable = store.reusable_bytes()
                 pages = disk.wants_pages(reusable)
                 if pages:  # room for the reserve, from what acknowledged segments left
-                    store.give_back_pages(pages)
+                    try:
+                        store.give_back_pages(pages)
+                    except Exception as exc:  # no room even for that step: a smaller one
+                        if not is_disk_full(exc):  # next roll (the state machine goes on)
+                            raise
+                        exc.__traceback__ = None
+                        disk.step_failed()
                     reusable = store.reusable_bytes()
                 disk.check(reusable)
 
@@ -340,8 +348,9 @@ class BufferService:
             self.m_rolls.inc(len(made))
             self.segment_ready.set()
             self.segment_ready = trio.Event()
-        dropped = await self._store_call(self._store.enforce_budget, self.max_bytes,
-                                         set(self._inflight))
+        async with self._claim_lock:
+            dropped = await self._store_call(self._store.enforce_budget, self.max_bytes,
+                                             set(self._inflight))
         for kind, n in dropped.items():
             if kind == COMPACTED:
                 self.m_compacted.inc(n)
@@ -384,10 +393,11 @@ class BufferService:
         """The next segment to forward (oldest first; with ``fresh_since_ms``, the newest made
         since then), its attempt counted; it stays claimed (never merged, never dropped for
         the budget) until :meth:`release`."""
-        seg = await self._store_call(self._store.claim_next_segment, set(self._inflight),
-                                     fresh_since_ms)
-        if seg is not None:
-            self._inflight.add(seg.seq)
+        async with self._claim_lock:
+            seg = await self._store_call(self._store.claim_next_segment, set(self._inflight),
+                                         fresh_since_ms)
+            if seg is not None:
+                self._inflight.add(seg.seq)
         return seg
 
     def release(self, seg: PendingSegment) -> None:
@@ -418,13 +428,12 @@ class BufferService:
                                    list(series_ids))
 
     async def retry(self, seg: PendingSegment) -> None:
-        """Count another attempt of ``seg`` (not on a full disk: the claim counted one)."""
+        """Count another attempt of ``seg`` (on a full disk, the claim's count stands)."""
         with contextlib.suppress(DiskFull):
             await self._store_call(self._store.mark_attempt, seg.seq, retry=False)
 
     async def expire(self, seg: PendingSegment) -> None:
-        """Drop ``seg``: all of it is older than its kind's backend accepts (counted as
-        ``expired_<kind>``; shielded)."""
+        """Drop ``seg``, all older than its backend accepts (``expired_<kind>``; shielded)."""
         with trio.CancelScope(shield=True):
             await self._store_call(self._store.expire_segment, seg.seq, seg.kind, seg.n)
 

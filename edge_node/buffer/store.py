@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS segments (
     attempts INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, blob BLOB NOT NULL,
     summarised INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS segments_kind ON segments(kind, seq);
+CREATE INDEX IF NOT EXISTS segments_fresh ON segments(kind, max_ts);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, n INTEGER NOT NULL, reason TEXT NOT NULL,
     failed_ms INTEGER NOT NULL, blob BLOB NOT NULL);
@@ -80,6 +81,7 @@ class BufferStats:
     used_bytes: int
     dead_letters: int
     counters: dict[str, int]
+    pending_bytes: int = 0  # compressed bytes of the segments waiting (what goes on the wire)
 
 
 class Store:
@@ -354,9 +356,8 @@ class Store:
         return moved
 
     def drop_dead_letters(self, seqs: Iterable[int]) -> list[tuple[int, str, int, str]]:
-        """Delete dead letters ``seqs`` for good (an operator decided): each one counted
-        (``dropped_dead_letters_<kind>``) and logged by the caller. [(seq, kind, rows, reason)]
-        of those dropped."""
+        """Delete dead letters ``seqs`` for good, each counted (``dropped_dead_letters_<kind>``):
+        [(seq, kind, rows, reason)] of those dropped."""
         wanted = set(seqs)
         with self.tx():
             rows = [r for r in self.conn.execute(
@@ -436,9 +437,12 @@ class Store:
         c = self.conn
         segs: dict[str, int] = {}
         pending: dict[str, int] = dict.fromkeys(KINDS, 0)
-        for kind, cnt, n in c.execute("SELECT kind, count(*), sum(n) FROM segments GROUP BY kind"):
+        pending_bytes = 0
+        for kind, cnt, n, size in c.execute(
+                "SELECT kind, count(*), sum(n), sum(size) FROM segments GROUP BY kind"):
             segs[kind] = cnt
             pending[kind] += int(n or 0)
+            pending_bytes += int(size or 0)
         for kind, n in c.execute("SELECT kind, sum(n) FROM journal GROUP BY kind"):
             pending[kind] += int(n or 0)
         (jrows,) = c.execute("SELECT count(*) FROM journal").fetchone()
@@ -448,7 +452,7 @@ class Store:
         (dl,) = c.execute("SELECT count(*) FROM dead_letters").fetchone()
         return BufferStats(journal_rows=int(jrows), segments=segs, pending=pending,
                            oldest_ms=oldest, used_bytes=self.used_bytes(), dead_letters=int(dl),
-                           counters=self.counters())
+                           counters=self.counters(), pending_bytes=pending_bytes)
 
     def integrity_check(self) -> list[str]:
         problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]

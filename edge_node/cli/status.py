@@ -37,7 +37,8 @@ def status(args: argparse.Namespace) -> int:
     ratio = b["bytes"] / max(1, b["budget_bytes"])
     print(f"buffer    {b['bytes'] / 1e6:,.1f} MB of {b['budget_bytes'] / 1e6:,.0f} MB "
           f"({ratio:.1%}), dead letters {b['dead_letters']}, dropped "
-          f"{sum(b['dropped'].values()):,.0f}")
+          f"{sum(b['dropped'].values()):,.0f}, too old to send "
+          f"{sum(b.get('expired', {}).values()):,.0f}")
     eta = f", drained in ~{fmt_duration(f['drain_eta_s'])}" if f["drain_eta_s"] is not None else ""
     print(f"backlog   {b['pending_rows']:,} rows waiting, oldest {fmt_duration(b['backlog_age_s'])}"
           f"{eta}")

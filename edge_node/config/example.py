@@ -18,11 +18,13 @@ timeout_s = 30.0
 backoff_initial_s = 0.5
 backoff_max_s = 60.0
 max_batch_bytes = 8388608         # segments are sized to fit one batch of this size
-max_bytes_per_s = 0               # cap for metered links (bytes/s sent to central); 0: none
+max_bytes_per_s = 0               # cap for metered links, >= 1024 bytes/s to central; 0: none
 live_share = 0.25                 # ... share of the cap kept for live data
 live_window_s = 60.0              # segments this fresh go out beside a draining backlog
-logs_max_age_s = 604800.0         # not sent when older (Loki's reject_old_samples_max_age)
+logs_max_age_s = 604800.0         # not sent when older (Loki's reject_old_samples_max_age;
+                                  # whatever central's backend; 0: no limit)
 metrics_max_age_s = 0.0           # ... (VictoriaMetrics' retention); 0: no limit
+rollups_max_age_s = 0.0           # ... (ClickHouse's CLICKHOUSE_RETENTION_DAYS)
 too_old = "drop"                  # drop (counted) | keep (a dead letter, exportable)
 
 [buffer]
@@ -87,7 +89,9 @@ policy = "correct"                # accept (store as sent) | correct (shift by t
 max_ahead_s = 300.0               # a device's newest timestamp further ahead: its clock
 earliest_valid = "2020-01-01"     # timestamps before this date: a clock reset to its epoch
 window_s = 600.0                  # a flagged device's later replays are corrected too
-protocol_policies = ""            # e.g. "remote_write=accept" (overrides policy)
+protocol_policies = ""            # e.g. "remote_write=accept" (overrides policy); protocols:
+                                  # native, prometheus_text, remote_write, loki, influx_v1,
+                                  # influx_v2, fleetd_agent
 device_policies = ""              # e.g. "pump-7=reject" (overrides both)
 
 [status]

@@ -43,7 +43,7 @@ class CentralConfig:
     # The share of that cap kept for live data; the backlog drains in the rest (and in what
     # live data leaves unused)
     live_share: float = field(default=0.25, metadata=_check(
-        lambda v: 0 < v < 1, "must be between 0 and 1"))
+        lambda v: 0 < v < 1, "must be strictly between 0 and 1"))
     # Segments made within this many seconds are live: while an older backlog drains, they
     # go out beside it, newest first
     live_window_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "must be > 0"))
@@ -52,6 +52,9 @@ class CentralConfig:
     logs_max_age_s: float = field(default=604800.0, metadata=_check(
         lambda v: v >= 0, "must be >= 0"))
     metrics_max_age_s: float = field(default=0.0, metadata=_check(
+        lambda v: v >= 0, "must be >= 0"))
+    # stream-aggregation rollups (ClickHouse keeps them for CLICKHOUSE_RETENTION_DAYS)
+    rollups_max_age_s: float = field(default=0.0, metadata=_check(
         lambda v: v >= 0, "must be >= 0"))
     # ...and is dropped (counted in fleet_edge_expired_total) or kept as a dead letter
     # (listed by fleet-edge dead-letters, requeued or dropped from there)
@@ -202,9 +205,19 @@ def _listen_ok(v: str) -> bool:
     return bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535
 
 
-def _policies_ok(text: str) -> bool:
-    return all(re.fullmatch(r"\s*[^=,\s][^=,]*=\s*(accept|correct|reject)\s*", item)
-               for item in text.split(",") if item.strip())
+#: the ingest protocols' names (edge_node/ingest.py routes), for clock.protocol_policies
+PROTOCOLS = ("native", "prometheus_text", "remote_write", "loki", "influx_v1", "influx_v2",
+             "fleetd_agent")
+
+
+def _policies_ok(text: str, names: tuple[str, ...] = ()) -> bool:
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        m = re.fullmatch(r"\s*([^=,\s][^=,]*?)\s*=\s*(accept|correct|reject)\s*", item)
+        if m is None or (names and m.group(1) not in names):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -225,7 +238,9 @@ class ClockConfig:
     window_s: float = field(default=600.0, metadata=_check(lambda v: v > 0, "must be > 0"))
     # per protocol and per device, overriding policy: "remote_write=accept,native=reject"
     protocol_policies: str = field(default="", metadata=_check(
-        _policies_ok, "must look like 'name=accept,name=correct' (accept, correct or reject)"))
+        lambda v: _policies_ok(v, PROTOCOLS),
+        "must look like 'remote_write=accept,native=reject' (accept, correct or reject), "
+        f"protocols: {', '.join(PROTOCOLS)}"))
     device_policies: str = field(default="", metadata=_check(
         _policies_ok, "must look like 'pump-7=reject,meter-2=accept'"))
 

@@ -45,6 +45,7 @@ _DEVICE_RE = re.compile(r"[^\x00-\x1f]{1,256}\Z")
 # 2001-09-09 .. 2286-11-20 in ms: catches seconds or microseconds sent by mistake.
 TS_MIN_MS = 1_000_000_000_000
 TS_MAX_MS = 9_999_999_999_999
+_YEAR_MS = 365 * 86_400_000
 RESERVED = frozenset({NAME_LABEL, DEVICE_LABEL})
 LEVELS = frozenset({"trace", "debug", "info", "notice", "warning", "warn", "error", "critical",
                     "fatal", "unknown"})
@@ -381,9 +382,12 @@ class NativeParser:
             ts = int(v)
         else:
             raise BadRequest(f"{_TS_ERROR}, got {v!r:.40}", field=where)
-        if not TS_MIN_MS <= ts <= TS_MAX_MS:
+        if not TS_MIN_MS <= ts <= TS_MAX_MS and (
+                ts < 0 or ts > TS_MAX_MS or abs(ts * 1000 - now_ms) < _YEAR_MS):
             raise BadRequest(f"{ts} is not a Unix time in milliseconds (seconds or "
                              "microseconds sent by mistake?)", field=where)
+        # before 2001 but not seconds of about now: a device clock reset to its epoch (1970,
+        # 2000); the clock policy (edge_node/clock_skew.py) decides what becomes of it
         return ts  # type: ignore[no-any-return]
 
 

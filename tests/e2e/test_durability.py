@@ -25,7 +25,7 @@ from tests.tools import need
 
 pytestmark = pytest.mark.e2e
 
-LINE = re.compile(r"^(\d+) (\d\d):(\d\d):(\d\d\.\d+) (.*)$")
+LINE = re.compile(r"^(\d+)\s+(\d\d):(\d\d):(\d\d\.\d+) (.*)$")  # strace pads the pid
 CALL = re.compile(r"^(\w+)\((\d+)<([^>]*)>")
 RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>")
 

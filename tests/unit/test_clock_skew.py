@@ -145,3 +145,34 @@ def test_a_right_clocks_past_data_is_never_touched(age: int, n: int) -> None:
         return
     b = request("dev", list(stamps))
     assert t.check(b, "native", NOW) == [] and b.metric_ts == stamps
+
+
+def test_a_1970_device_with_an_edge_stamped_row_is_still_seen() -> None:
+    """A row the edge stamped (no timestamp sent) must not hide the device's own 1970 ones."""
+    t = tracker()
+    b = request("meter-3", [60_000, 90_000], edge_stamped=1)
+    (skew,) = t.check(b, "influx_v1", NOW)
+    assert skew.offset_ms == 90_000 - NOW and b.metric_ts == [NOW - 30_000, NOW, NOW]
+
+
+def test_a_flagged_device_is_forgotten_after_the_window() -> None:
+    t = tracker(window_s=600)
+    t.check(request("pump-1", [NOW + DAY]), "native", NOW)
+    assert t.offsets(NOW + 1000) == {"pump-1": DAY / 1000}
+    assert t.offsets(NOW + 601_000) == {}  # silent since: no longer reported (nor alerted)
+    # a true past replay after the window is left alone, not shifted by the old offset
+    replay = request("pump-1", [NOW - 2 * DAY])
+    assert t.check(replay, "native", NOW + 601_000) == [] and replay.metric_ts == [NOW - 2 * DAY]
+    assert t.devices == {}
+
+
+def test_rows_of_no_device_are_judged_per_request() -> None:
+    t = tracker()
+    ahead = IngestBatch(metric_keys=[series_key({"__name__": "t"})], metric_ts=[NOW + DAY],
+                        metric_values=[1.0])
+    (skew,) = t.check(ahead, "remote_write", NOW)
+    assert skew.device == "" and ahead.metric_ts == [NOW]
+    past = IngestBatch(metric_keys=[series_key({"__name__": "t"})], metric_ts=[NOW - DAY],
+                       metric_values=[1.0])
+    assert t.check(past, "remote_write", NOW) == [] and past.metric_ts == [NOW - DAY]
+    assert t.devices == {}  # another sender's past data is not shifted by the first one's

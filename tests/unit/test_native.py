@@ -75,7 +75,7 @@ def test_columnar_series(parser: NativeParser) -> None:
     ({"name": "x", "ts": [NOW, NOW], "values": [1]}, "series[0].ts"),
     ({"name": "x", "ts": [], "values": []}, "series[0].ts"),
     ({"name": "x", "ts": [NOW], "values": ["1"]}, "series[0].values[0]"),
-    ({"name": "x", "ts": [NOW, 5], "values": [1, 2]}, "series[0].ts[1]"),
+    ({"name": "x", "ts": [NOW, NOW // 1000], "values": [1, 2]}, "series[0].ts[1]"),  # seconds
     ({"name": "x", "values": [1]}, "series[0].ts"),
     ({"name": "9x", "ts": [NOW], "values": [1]}, "series[0].name"),
     ({"name": "x", "ts": [NOW], "values": [1], "unit": "s"}, "series[0].unit"),
@@ -417,3 +417,15 @@ def test_huge_integers_are_refused_not_crashing(parser: NativeParser) -> None:
     parser.parse({"device_id": "d", "metrics": [{"name": "x", "value": 1}]}, NOW)
     with pytest.raises(BadRequest, match="out of range"):  # the warm fast path too
         parser.parse({"device_id": "d", "metrics": [{"name": "x", "value": -(10**400)}]}, NOW)
+
+
+def test_a_clock_reset_to_its_epoch_is_not_refused(parser: NativeParser) -> None:
+    """1970 or 2000 in milliseconds: a device's RTC restarted, not a unit mistake; the clock
+    policy corrects it. Seconds of about now are still refused as a mistake."""
+    b = parser.parse({"device_id": "pump-9", "metrics": [
+        {"name": "t", "value": 1, "ts": 5000}, {"name": "t", "value": 2, "ts": 946_684_800_000}]},
+        NOW)
+    assert b.metric_ts == [5000, 946_684_800_000]
+    with pytest.raises(IngestError, match="seconds or microseconds sent by mistake"):
+        parser.parse({"device_id": "p", "metrics": [{"name": "t", "value": 1,
+                                                      "ts": NOW // 1000}]}, NOW)
