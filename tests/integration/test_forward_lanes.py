@@ -179,3 +179,32 @@ async def test_too_old_keep_makes_a_dead_letter_that_says_why(
     (dl,) = store.dead_letters()
     assert "older than the metrics backend accepts" in dl["reason"]
     assert "metrics_max_age_s" in dl["reason"] and central.applied == []
+
+
+async def test_two_lanes_never_claim_the_same_segment(tmp_path: Path) -> None:
+    """Both lanes asking at once, the store on a real worker thread: one gets the segment,
+    the other nothing (before the claim lock, both got it and sent it twice)."""
+    from edge_node.runtime import ThreadRunner
+
+    wall = Wall()
+    cfg = edge_config(tmp_path, buffer={"merge_after_s": 10.0**9})
+    store = Store(cfg.db_path, clock=wall)
+    buf = BufferService(store, cfg.buffer, Registry("t"), clock=wall, runner=ThreadRunner(1),
+                        merge_runner=InlineRunner())
+    got: list[object] = []
+    async with trio.open_nursery() as n:
+        await n.start(buf.serve)
+        await buf.write(metrics(wall.now, 20))
+        await buf.roll_now()
+
+        async def claim(fresh: bool) -> None:
+            seg = await buf.claim(fresh_since_ms=int((wall.now - 60) * 1000) if fresh else None)
+            got.append(seg.seq if seg is not None else None)
+
+        n.start_soon(claim, True)
+        n.start_soon(claim, False)
+        with trio.fail_after(10):
+            while len(got) < 2:
+                await trio.sleep(0.01)
+        n.cancel_scope.cancel()
+    assert sorted(got, key=str) == [1, None]
