@@ -25,7 +25,7 @@ DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json",
+    return Response(json.dumps(body) + "\n", status=status, mimetype="application/json",
                     headers=headers or {})
 
 

@@ -19,7 +19,7 @@ import trio
 import trio_asyncio
 
 from edge_node import __version__
-from edge_node.process import run_reporting, stop_on_signal, tune_gc
+from edge_node.process import cli_exit, quiet_libraries, run_reporting, stop_on_signal, tune_gc
 
 from .backends import build_pipeline, clickhouse, state_store
 from .config import BACKEND_VARS, Settings
@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.log_level)  # no line per backend request at info
+    return cli_exit(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:

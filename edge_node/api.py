@@ -89,7 +89,8 @@ def create_app(node: NodeView) -> EdgeApp:
     buffer = node.buffer
 
     def as_json(body: Any, status: int = 200) -> Response:
-        return Response(json.dumps(body), status=status, mimetype="application/json")
+        # one line: a shell prompt after `curl` starts on its own line
+        return Response(json.dumps(body) + "\n", status=status, mimetype="application/json")
 
     @app.get("/healthz")
     async def healthz() -> Response:

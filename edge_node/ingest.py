@@ -240,7 +240,7 @@ class IngestHandler:
             self.m_rejected.inc(1, type(exc).__name__)
             if scope["path"] in CONNECT_PATHS:
                 return exc.status, fleetd_agent.connect_error(exc.status, str(exc)), []
-            return exc.status, json.dumps(exc.to_json()).encode(), []
+            return exc.status, json.dumps(exc.to_json()).encode() + b"\n", []
         reply = result if isinstance(result, Reply) else None
         batch = result if isinstance(result, IngestBatch) else (reply.batch if reply else None)
         done: tuple[int, bytes, list[tuple[bytes, bytes]]] = (

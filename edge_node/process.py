@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,27 @@ async def stop_on_signal(stop: Callable[[], None], logger: str) -> None:
             return
 
 
+def quiet_libraries(level: str) -> None:
+    """At any level but debug, the HTTP client libraries log warnings only: one INFO line per
+    request sent (a batch to central, a write to a backend) is noise."""
+    if level.lower() != "debug":
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cli_exit(fn: Callable[[], int]) -> int:
+    """``fn()``'s exit code; a reader that went away (``fleet-edge status | head``) ends the
+    command quietly with 141 (128 + SIGPIPE, as other tools do), not with a traceback."""
+    try:
+        code = fn()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's own final flush must not fail
+        return 141
+
+
 def tune_gc() -> None:
     """Collect garbage less often: ingest allocates many short-lived containers per request,
     and the default threshold (700) made the collector ~10% of the CPU under load. Objects
@@ -59,6 +81,8 @@ def run_reporting(fn: Callable[[*Ts], Awaitable[object]], *args: *Ts,
         leaf = startup_error(exc, expected)
         if leaf is None:
             raise
+        if isinstance(leaf, BrokenPipeError):  # the reader went away: cli_exit ends quietly
+            raise BrokenPipeError from None
         print(f"{prefix}: {leaf}", file=sys.stderr)
         return 1
     return 0

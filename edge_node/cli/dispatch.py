@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from ..config import EXAMPLE_CONFIG, EdgeConfig
 from ..errors import ConfigError
+from ..process import cli_exit
 from .buffer_file import buffer_command, dead_letters
 from .devices import devices
 from .parser import build_parser
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         _demo(extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return _COMMANDS[args.cmd](args)
+    return cli_exit(lambda: _COMMANDS[args.cmd](args))
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import trio
 
 from ..config import EdgeConfig
 from ..errors import EdgeError
-from ..process import run_reporting, stop_on_signal, tune_gc
+from ..process import quiet_libraries, run_reporting, stop_on_signal, tune_gc
 from .node_client import load_config
 
 
@@ -22,9 +22,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     logging.basicConfig(level=(level or cfg.log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if (level or cfg.log_level) != "debug":
-        # one line per batch sent is noise at info level; the forwarder logs what matters
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_libraries(level or cfg.log_level)  # the forwarder logs what matters
     return run_reporting(_serve, cfg, args.config, expected=(EdgeError, OSError),
                          prefix="fleet-edge: cannot start")
 

@@ -105,3 +105,34 @@ def test_check_rules_names_every_problem(tmp_path: Path) -> None:
     assert f"{bad}: groups[0].rules[0].expr: histogram_quantile() is not in the supported" \
         in r.stderr
     assert f"{bad}: groups[0].rules[1].for: 'often' is not a duration" in r.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``fleet-edge example-config | head -1``: the reader closes the pipe before the command
+    writes; no BrokenPipeError traceback, exit 141 (as other tools)."""
+    for argv in (["edge_node.cli", "example-config"],
+                 ["central.cli", "nodes", "list", "--data-dir", str(tmp_path / "c")]):
+        proc = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # before the command has written anything
+        with proc.stderr:
+            err = proc.stderr.read().decode()
+        assert proc.wait(60) == 141 and "Traceback" not in err, (argv, err)
+
+
+def test_the_http_client_libraries_log_only_warnings_below_debug() -> None:
+    import logging
+
+    from edge_node.process import quiet_libraries
+
+    httpx_log = logging.getLogger("httpx")
+    saved = httpx_log.level
+    try:
+        httpx_log.setLevel(logging.NOTSET)
+        quiet_libraries("debug")
+        assert httpx_log.level == logging.NOTSET  # debug shows every request
+        quiet_libraries("info")
+        assert httpx_log.level == logging.WARNING
+    finally:
+        httpx_log.setLevel(saved)

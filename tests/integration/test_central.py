@@ -92,3 +92,12 @@ async def test_auth(central: Central) -> None:
     central.store.revoke_node("edge-1")
     assert (await _post(central, _batch(1))).status_code == 401
     assert central.counts()["metrics"] == 0
+
+
+async def test_error_bodies_end_with_a_newline(central: Central) -> None:
+    """`curl` output then leaves the shell prompt on a line of its own."""
+    r = await _post(central, b"not a batch")
+    assert r.status_code == 400 and r.text.endswith("}\n")
+    async with httpx.AsyncClient() as c:
+        r = await c.post(central.url + "/api/v1/batches", content=b"x")
+    assert r.status_code == 401 and r.text.endswith("}\n")
