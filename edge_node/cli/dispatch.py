@@ -41,14 +41,29 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.file}: invalid: {exc}", file=sys.stderr)
         return 2
+    warnings = placeholders(cfg)
+    for w in warnings:
+        print(f"{args.file}: warning: {w}", file=sys.stderr)
     if args.print:
         shown = dataclasses.asdict(cfg)
         shown["central"]["api_key"] = "***"
         print(json.dumps(shown, indent=2))
     else:
         print(f"{args.file}: OK (node {cfg.node_id}, listen {cfg.listen}, data in "
-              f"{cfg.data_dir}, central {cfg.central.url})")
-    return 0
+              f"{cfg.data_dir}, central {cfg.central.url})"
+              + (f", {len(warnings)} warning(s)" if warnings else ""))
+    return 1 if warnings and args.strict else 0
+
+
+def placeholders(cfg: EdgeConfig) -> list[str]:
+    """The example config's placeholders still in ``cfg`` (it would run, and never forward)."""
+    out = []
+    if cfg.central.api_key == "CHANGE-ME":
+        out.append("central.api_key is the example's placeholder 'CHANGE-ME': put the key "
+                   "'fleet-central nodes add NODE_ID' printed")
+    if "central.example" in cfg.central.url:
+        out.append(f"central.url {cfg.central.url!r} is the example's placeholder host")
+    return out
 
 
 def _example_config(args: argparse.Namespace) -> int:

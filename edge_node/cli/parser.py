@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "overrides); names the bad key")
     chk.add_argument("file")
     chk.add_argument("--print", action="store_true", help="print the effective config as JSON")
+    chk.add_argument("--strict", action="store_true",
+                     help="exit 1 on warnings too (the example's placeholders left in)")
     sub.add_parser("example-config", help="print a commented example config")
     cr = sub.add_parser("check-rules", help="validate Prometheus-format alerting/recording rule "
                                             "files; names every unsupported or invalid part")

@@ -46,7 +46,15 @@ def test_check_config(tmp_path: Path) -> None:
     good = tmp_path / "edge.toml"
     good.write_text(EXAMPLE_CONFIG)
     r = _run("edge_node.cli", "check-config", str(good))
-    assert r.returncode == 0 and "OK" in r.stdout
+    assert r.returncode == 0 and "OK" in r.stdout and "2 warning(s)" in r.stdout
+    assert "central.api_key is the example's placeholder 'CHANGE-ME'" in r.stderr
+    assert "placeholder host" in r.stderr
+    assert _run("edge_node.cli", "check-config", "--strict", str(good)).returncode == 1
+    real = tmp_path / "real.toml"
+    real.write_text(EXAMPLE_CONFIG.replace("CHANGE-ME", "fle_k3y").replace(
+        "central.example", "central.acme.net"))
+    r = _run("edge_node.cli", "check-config", "--strict", str(real))
+    assert r.returncode == 0 and "warning" not in r.stdout + r.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(EXAMPLE_CONFIG.replace("max_disk_mb = 1024", "max_disk_mb = -1"))
     r = _run("edge_node.cli", "check-config", str(bad))

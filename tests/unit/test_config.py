@@ -78,3 +78,17 @@ def test_syntax_error_is_reported(tmp_path: Path) -> None:
 def test_missing_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         EdgeConfig.from_toml(tmp_path / "nope.toml", env={})
+
+
+def test_the_tracked_edge_toml_is_the_current_example(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """The README's walkthrough writes `fleet-edge example-config > edge.toml`: the file in the
+    repository must be exactly that, or the walkthrough leaves the checkout modified."""
+    from pathlib import Path
+
+    from edge_node.cli import main
+
+    assert main(["example-config"]) == 0
+    printed = capsys.readouterr().out
+    tracked = Path(__file__).resolve().parents[2] / "edge.toml"
+    assert tracked.read_text() == printed
