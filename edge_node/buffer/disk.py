@@ -3,9 +3,9 @@
 A gateway's SD card fills up during a long WAN outage. SQLite then fails whatever transaction
 needs one more page, the roll's and the merge's included, and even the acknowledgements that
 would free space. So the buffer keeps a **reserve**: a file of ``reserve_bytes`` next to the
-buffer, given back to the filesystem the moment SQLite reports the disk full (and at every
-start, so a node restarted into a full disk can open its buffer), which leaves room for the
-small writes that free space (acks, rolls, checkpoints).
+buffer, given back to the filesystem the moment SQLite reports the disk full (and at a start
+on a tight disk, so a node restarted into a full disk can open its buffer), which leaves room
+for the small writes that free space (acks, rolls, checkpoints).
 
 :class:`DiskGuard` holds the state, with hysteresis:
 
@@ -67,7 +67,8 @@ class DiskGuard:
         self.reason: str | None = None  # set while refusing
         self.full_errors = 0  # disk-full errors SQLite reported
         self._step_shift = 0  # page give-back steps halved this many times
-        self.release_reserve()  # a restart into a full disk must be able to open the buffer
+        if self.free_bytes < 2 * self.reserve_bytes:  # a restart into a full disk must be
+            self.release_reserve()  # able to open the buffer (else the reserve stays put)
         self.check()
 
     # -- the state ------------------------------------------------------------------------------
