@@ -20,14 +20,7 @@ import psutil
 
 from bench.workload import DEVICES, METRICS, STEPS, native_payloads, steps
 from tests.e2e.procs import edge_proc, register, start_central, write_edge_config
-
-
-def _metric(url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from tests.readers import metric_total
 
 
 def main() -> None:
@@ -52,21 +45,21 @@ def main() -> None:
                         assert r.status_code == 204, r.text
             print(f"ingested {n_total:,} samples in {time.monotonic() - t0:.1f} s "
                   "(central down)")
-            while _metric(url, "fleet_edge_segments_merged_total") < STEPS - 1:
+            while metric_total(url, "fleet_edge_segments_merged_total") < STEPS - 1:
                 time.sleep(0.5)
-            sent0 = _metric(url, "fleet_edge_forwarded_bytes_total")
+            sent0 = metric_total(url, "fleet_edge_forwarded_bytes_total")
             eproc = psutil.Process(edge.proc.pid)  # type: ignore[union-attr]
             e0 = sum(eproc.cpu_times()[:2])
             t1 = time.monotonic()
             central.start()
             cproc = psutil.Process(central.proc.pid)  # type: ignore[union-attr]
-            while _metric(url, "fleet_edge_buffer_pending") > 0:
+            while metric_total(url, "fleet_edge_buffer_pending") > 0:
                 time.sleep(0.1)
             drain = time.monotonic() - t1
-            sent = _metric(url, "fleet_edge_forwarded_bytes_total") - sent0
+            sent = metric_total(url, "fleet_edge_forwarded_bytes_total") - sent0
             e_cpu = sum(eproc.cpu_times()[:2]) - e0
             c_cpu = sum(cproc.cpu_times()[:2])
-            batches = _metric(central.url, "fleet_central_batches_total")
+            batches = metric_total(central.url, "fleet_central_batches_total")
         finally:
             edge.stop()
             central.stop()

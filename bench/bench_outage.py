@@ -27,15 +27,7 @@ import msgpack
 
 from tests import servers
 from tests.e2e.procs import edge_proc, register, start_central, write_edge_config
-from tests.readers import vm_export
-
-
-def metric(url: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+from tests.readers import metric_total, vm_export
 
 
 def run(args: argparse.Namespace, live_lane: bool) -> dict[str, float]:
@@ -86,7 +78,7 @@ def measure(args: argparse.Namespace, url: str, central: object, vm: servers.Ser
     print(f"  ingested {n:,} samples of {args.hours:g} h in {time.monotonic() - t0:.0f} s "
           "(central down)", flush=True)
     time.sleep(3)  # let the merger fold the backlog
-    sent0 = metric(url, "fleet_edge_forwarded_bytes_total")
+    sent0 = metric_total(url, "fleet_edge_forwarded_bytes_total")
     t_up = time.monotonic()
     wall_up = int(time.time() * 1000)
     central.start()  # type: ignore[attr-defined]
@@ -109,12 +101,12 @@ def measure(args: argparse.Namespace, url: str, central: object, vm: servers.Ser
                     first_live = time.monotonic() - t_up
                     print(f"  live data queryable in VictoriaMetrics {first_live:.1f} s after "
                           "reconnecting", flush=True)
-            pending = metric(url, "fleet_edge_buffer_pending")
+            pending = metric_total(url, "fleet_edge_buffer_pending")
             if pending <= args.devices * 2 and first_live is not None:  # only live is left
                 break
             time.sleep(0.5)
     drain = time.monotonic() - t_up
-    sent = metric(url, "fleet_edge_forwarded_bytes_total") - sent0
+    sent = metric_total(url, "fleet_edge_forwarded_bytes_total") - sent0
     print(f"  drained in {drain:.0f} s, {sent / 1e6:.1f} MB sent "
           f"({sent / drain / 1e3:.0f} KB/s, cap {args.cap / 1e3:.0f} KB/s)", flush=True)
     return {"first_live_s": first_live or float("nan"), "drain_s": drain, "bytes": sent,

@@ -35,6 +35,15 @@ def vm_export(url: str, match: str) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in r.text.splitlines() if ln.strip()]
 
 
+def metric_total(url: str, name: str) -> float:
+    """The sum of every sample of ``name`` on ``url``'s ``/metrics`` (all label sets)."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def vm_values(url: str, match: str) -> list[float]:
     return sorted(v for s in vm_export(url, match) for v in s["values"])
 

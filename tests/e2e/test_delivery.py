@@ -25,6 +25,7 @@ from tests.e2e.procs import (
     stored_sequence_numbers,
     write_edge_config,
 )
+from tests.readers import metric_total
 
 pytestmark = pytest.mark.e2e
 
@@ -136,11 +137,8 @@ async def test_backlog_merge_and_kill9_during_drain(tmp_path: Path, procs: list[
         n.start_soon(load.run, stop)
         await trio.sleep(4.0)
         stop.set()
-    merged = 0.0
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith("fleet_edge_segments_merged_total"):
-            merged = float(line.split()[-1])
-    assert merged > 0, "the backlog was never merged"
+    assert metric_total(url, "fleet_edge_segments_merged_total") > 0, \
+        "the backlog was never merged"
     await trio.to_thread.run_sync(central.start)
     want = len(load.acked) * load.per_request
     last = 0

@@ -18,7 +18,6 @@ seeing a planted duplicate first).
 from __future__ import annotations
 
 import collections
-import re
 import uuid
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from tests.e2e.procs import (
     start_central,
     write_edge_config,
 )
-from tests.readers import vm_export
+from tests.readers import metric_total, vm_export
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
@@ -55,10 +54,6 @@ def assert_duplicates_visible(vm_url: str) -> None:
     assert [v for s in vm_export(vm_url, "dup_canary") for v in s["values"]] == [1, 1]
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    return sum(float(m.group(1)) for m in re.finditer(
-        rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 async def drained(edge_url: str) -> None:
@@ -110,7 +105,7 @@ async def test_retries_racing_a_stalled_backend_store_nothing_twice(
             await drained(edge_url)
             n.cancel_scope.cancel()
         raced = await trio.to_thread.run_sync(
-            metric, central.url, "fleet_central_batch_lease_waits_total")
+            metric_total, central.url, "fleet_central_batch_lease_waits_total")
         values = await trio.to_thread.run_sync(stored, vm.url, node)
     finally:
         vm.stop()
@@ -141,7 +136,7 @@ async def test_a_central_crash_between_sink_write_and_mark(
         edge = edge_proc(tmp_path, cfg, edge_url)
         procs.append(edge)
         await trio.to_thread.run_sync(edge.start)
-        inserted0 = await trio.to_thread.run_sync(metric, vm.url, "vm_rows_inserted_total")
+        inserted0 = await trio.to_thread.run_sync(metric_total, vm.url, "vm_rows_inserted_total")
 
         vm.pause()
         load = LoadGenerator(edge_url, concurrency=1, per_request=20)
@@ -156,14 +151,14 @@ async def test_a_central_crash_between_sink_write_and_mark(
         vm.resume()
         with trio.fail_after(30):  # VictoriaMetrics took the write
             while await trio.to_thread.run_sync(
-                    metric, vm.url, "vm_rows_inserted_total") < inserted0 + 20:
+                    metric_total, vm.url, "vm_rows_inserted_total") < inserted0 + 20:
                 await trio.sleep(0.1)
         central.kill9()  # with its mark unrecorded
         central.proc.wait()  # type: ignore[union-attr]
         await trio.to_thread.run_sync(pg.start)
         await trio.to_thread.run_sync(central.start)
         await drained(edge_url)
-        inserted = await trio.to_thread.run_sync(metric, vm.url, "vm_rows_inserted_total")
+        inserted = await trio.to_thread.run_sync(metric_total, vm.url, "vm_rows_inserted_total")
         values = await trio.to_thread.run_sync(stored, vm.url, "edge-crash")
     finally:
         vm.stop()
