@@ -14,6 +14,7 @@ from edge_node import __version__
 from edge_node.errors import WireError
 from edge_node.metrics import CONTENT_TYPE, Registry
 from edge_node.runtime import Runner, ThreadRunner
+from edge_node.tls import Peer, ServerTLS
 from edge_node.wire import decode_batch, decode_segment
 
 from .errors import MissingSeries, SinkRejected, SinkUnavailable
@@ -29,11 +30,30 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
                     headers=headers or {})
 
 
+def _source(scope: Any) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+def _certificate_refusal(peer: Peer | None, node_id: str, mode: str) -> str:
+    """Why a request authenticated as ``node_id`` is refused for its client certificate
+    (``""``: it is not)."""
+    if peer is None:
+        return ("a client certificate naming the node is required (FLEET_CENTRAL_TLS_CLIENT_"
+                "CERTS=required)" if mode == "required" else "")
+    if node_id not in peer.names:
+        return (f"this client certificate ({peer.subject or 'no subject'}; names: "
+                f"{', '.join(peer.names) or 'none'}) is not node {node_id!r}'s: a node's "
+                "certificate must name its node id")
+    return ""
+
+
 def create_app(pipeline: Pipeline, reg: Registry, *,
                max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-               decoder: Runner | None = None) -> QuartTrio:
+               decoder: Runner | None = None, tls: ServerTLS | None = None) -> QuartTrio:
     """Central's HTTP app. ``decoder`` runs segment decoding off the event loop (two worker
-    threads by default)."""
+    threads by default). With ``tls`` asking for client certificates, a node's certificate
+    must carry its node id (common name or a DNS/URI name): its key alone is not enough."""
     store = pipeline.state
     app = QuartTrio("fleet_central")
     app.config["MAX_CONTENT_LENGTH"] = max_batch_bytes
@@ -66,6 +86,14 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
             m_batches.inc(1, "unauthorized")
             return _json(401, {"error": "unknown or revoked node key"},
                          {"WWW-Authenticate": "Bearer"})
+        if tls is not None and tls.client_certs != "off":
+            refused = _certificate_refusal(tls.peer(request.scope), node.node_id,
+                                           tls.client_certs)
+            if refused:
+                m_batches.inc(1, "forbidden")
+                log.warning("refused a batch for node %s from %s: %s", node.node_id,
+                            _source(request.scope), refused)
+                return _json(403, {"error": refused})
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
         m_bytes.inc(len(body))

@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import textwrap
 import time
 from functools import partial
 
@@ -20,11 +22,12 @@ import trio_asyncio
 
 from edge_node import __version__
 from edge_node.process import cli_exit, quiet_libraries, run_reporting, stop_on_signal, tune_gc
+from edge_node.tls import ServerTLS, TLSError, split_listen
 
 from .backends import build_pipeline, clickhouse, state_store
-from .config import BACKEND_VARS, Settings
+from .config import BACKEND_VARS, TUNING, Settings
 from .errors import CentralError, RegistryError, SchemaOutdated, SettingsError, SinkUnavailable
-from .server import run_central
+from .server import CentralHandle, run_central
 from .sinks.postgres import PostgresStore
 
 DEFAULT_DATA_DIR = "./fleet-central-data"
@@ -42,8 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fleet-central",
         description="Central fleetd service: receives batches from edge nodes and writes them "
                     "to the configured backends.",
-        epilog="Backends (environment): " + ", ".join(BACKEND_VARS) + ". With none set, "
-               "everything is kept in the embedded SQLite store under --data-dir.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.fill("backends (environment): " + ", ".join(BACKEND_VARS) + ". With "
+                             "none set, everything is kept in the embedded SQLite store "
+                             "under --data-dir.", 96) + "\n\ncentral's own settings "
+               "(environment):\n" + "\n".join(
+                   textwrap.fill(f"{name:<32} {why}" + (f" (default {default})" if default
+                                                         else ""), 96, initial_indent="  ",
+                                 subsequent_indent=" " * 35, break_on_hyphens=False)
+                   for name, (default, why) in TUNING.items()))
     p.add_argument("--version", action="version", version=f"fleet-central {__version__}")
     p.add_argument("--log-level", default=os.environ.get("FLEET_CENTRAL_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
@@ -77,11 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     tune_gc()  # batches allocate ~100k objects each; the caches hold millions more
+    files = settings.tls_files()
+    tls = ServerTLS(files) if files is not None else None  # TLSError names the variable
     pipeline = build_pipeline(settings, args.data_dir)
-    logging.getLogger("fleet_central").info("routing: %s", settings.describe())
+    log = logging.getLogger("fleet_central")
+    log.info("routing: %s", settings.describe())
+    host = split_listen(args.listen)[0]
+    if tls is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving plain HTTP on %s: node keys and data cross the network "
+                    "unencrypted; set FLEET_CENTRAL_TLS_CERT and FLEET_CENTRAL_TLS_KEY (or "
+                    "terminate TLS in front of central)", args.listen)
     async with trio.open_nursery() as nursery:
-        handle = await nursery.start(partial(run_central, pipeline, args.listen))
+        handle = await nursery.start(partial(run_central, pipeline, args.listen, tls=tls))
+        nursery.start_soon(_reload_on_sighup, handle)
         await stop_on_signal(handle.stop, "fleet_central")
+        nursery.cancel_scope.cancel()
+
+
+async def _reload_on_sighup(handle: CentralHandle) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            handle.reload_tls()
 
 
 async def _migrate(settings: Settings) -> None:
@@ -167,7 +193,8 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     if args.cmd == "run":
         # e.g. the listen address is in use, the data dir not writable, an old schema
-        return run_reporting(_serve, args, settings, expected=(OSError, CentralError),
+        return run_reporting(_serve, args, settings,
+                             expected=(OSError, CentralError, TLSError),
                              prefix="fleet-central: cannot start")
     expected = (RegistryError, SchemaOutdated, SinkUnavailable, OSError)
     if args.cmd == "migrate":

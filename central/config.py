@@ -26,6 +26,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edge_node.tls import CLIENT_CERT_MODES, TLSFiles
+
 from .errors import SettingsError
 
 # FLEET_CENTRAL_* variables: name -> (default, help). The CLI's own ones are listed too, so the
@@ -44,6 +46,14 @@ TUNING: dict[str, tuple[str, str]] = {
                                               "not sent to Loki (counted): its "
                                               "creation_grace_period, 10 minutes by default"),
     "FLEET_CENTRAL_LISTEN": ("127.0.0.1:9400", "host:port to listen on"),
+    "FLEET_CENTRAL_TLS_CERT": ("", "PEM certificate (chain): central serves HTTPS (re-read on "
+                                   "SIGHUP)"),
+    "FLEET_CENTRAL_TLS_KEY": ("", "the certificate's PEM key"),
+    "FLEET_CENTRAL_TLS_CLIENT_CA": ("", "CA that signs the edge nodes' client certificates "
+                                        "(mutual TLS)"),
+    "FLEET_CENTRAL_TLS_CLIENT_CERTS": ("", "off | optional | required (default: required "
+                                           "when FLEET_CENTRAL_TLS_CLIENT_CA is set): a "
+                                           "node's certificate must name its node id"),
     "FLEET_CENTRAL_DATA_DIR": ("./fleet-central-data", "embedded SQLite store directory"),
     "FLEET_CENTRAL_LOG_LEVEL": ("info", "log level"),
 }
@@ -76,6 +86,20 @@ class Settings:
     loki_metadata: bool = True
     loki_max_age_s: int = 604800
     loki_max_ahead_s: int = 600
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_client_certs: str = "off"
+
+    def tls_files(self) -> TLSFiles | None:
+        """The listener's TLS files, or ``None`` for plain HTTP."""
+        if not self.tls_cert:
+            return None
+        return TLSFiles(self.tls_cert, self.tls_key, self.tls_client_ca,
+                        self.tls_client_certs,
+                        settings=("FLEET_CENTRAL_TLS_CERT", "FLEET_CENTRAL_TLS_KEY",
+                                  "FLEET_CENTRAL_TLS_CLIENT_CA",
+                                  "FLEET_CENTRAL_TLS_CLIENT_CERTS"))
 
     @property
     def chunk_seconds(self) -> int:
@@ -138,6 +162,20 @@ class Settings:
         except ValueError:
             raise SettingsError("FLEET_CENTRAL_SINK_TIMEOUT_S must be a number of seconds") \
                 from None
+        cert, key = get("FLEET_CENTRAL_TLS_CERT"), get("FLEET_CENTRAL_TLS_KEY")
+        client_ca = get("FLEET_CENTRAL_TLS_CLIENT_CA")
+        client_certs = get("FLEET_CENTRAL_TLS_CLIENT_CERTS") or ("required" if client_ca
+                                                                 else "off")
+        if bool(cert) != bool(key):
+            only = "FLEET_CENTRAL_TLS_CERT" if cert else "FLEET_CENTRAL_TLS_KEY"
+            raise SettingsError("FLEET_CENTRAL_TLS_CERT and FLEET_CENTRAL_TLS_KEY go together "
+                                f"(only {only} is set)")
+        if client_certs not in CLIENT_CERT_MODES:
+            raise SettingsError(f"FLEET_CENTRAL_TLS_CLIENT_CERTS={client_certs!r} must be off, "
+                                "optional or required")
+        if client_certs != "off" and not (cert and client_ca):
+            raise SettingsError("FLEET_CENTRAL_TLS_CLIENT_CERTS needs FLEET_CENTRAL_TLS_CERT, "
+                                "FLEET_CENTRAL_TLS_KEY and FLEET_CENTRAL_TLS_CLIENT_CA")
         meta = get("FLEET_CENTRAL_LOKI_METADATA", "true").lower()
         if meta not in ("true", "false", "1", "0", "yes", "no"):
             raise SettingsError(f"FLEET_CENTRAL_LOKI_METADATA={meta!r} must be true or false")
@@ -160,4 +198,5 @@ class Settings:
             loki_metadata=meta in ("true", "1", "yes"),
             loki_max_age_s=integer("FLEET_CENTRAL_LOKI_MAX_AGE_S", 604800, 0),
             loki_max_ahead_s=integer("FLEET_CENTRAL_LOKI_MAX_AHEAD_S", 600, 0),
+            tls_cert=cert, tls_key=key, tls_client_ca=client_ca, tls_client_certs=client_certs,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 import trio
 import trio_asyncio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 
 from edge_node.sdnotify import sd_notify, watchdog
+from edge_node.tls import ServerTLS, TLSError, serve
 
 from .app import create_app
 from .pipeline import Pipeline
@@ -24,10 +25,26 @@ log = logging.getLogger("fleet_central.server")
 class CentralHandle:
     url: str
     pipeline: Pipeline
+    tls: ServerTLS | None = None
     stop_event: trio.Event = field(default_factory=trio.Event)
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def reload_tls(self) -> None:
+        """Re-read the certificate, key and client CA (SIGHUP): new connections use them,
+        open ones keep theirs. Files that do not load are logged and the old ones kept."""
+        if self.tls is None:
+            log.info("SIGHUP: no TLS configured, nothing to reload")
+            return
+        try:
+            changed = self.tls.reload()
+        except TLSError as exc:
+            log.error("SIGHUP: keeping the current certificate: %s", exc)
+            return
+        log.info("SIGHUP: TLS files re-read; certificate %s (%s, expires %s)",
+                 "replaced" if changed else "unchanged", self.tls.cert.subject,
+                 time.strftime("%Y-%m-%d", time.gmtime(self.tls.cert.not_after_s)))
 
 
 @asynccontextmanager
@@ -40,20 +57,23 @@ async def _asyncio_if(needed: bool) -> AsyncIterator[None]:
 
 
 async def run_central(pipeline: Pipeline, listen: str, *, graceful_s: float = 10.0,
+                      tls: ServerTLS | None = None,
                       task_status: trio.TaskStatus[CentralHandle] = trio.TASK_STATUS_IGNORED
                       ) -> None:
-    """Serve until ``handle.stop()``; ``task_status.started`` gets the handle."""
+    """Serve until ``handle.stop()`` (HTTPS with ``tls``); ``task_status.started`` gets the
+    handle."""
     async with _asyncio_if(pipeline.needs_asyncio):
-        await _serve(pipeline, listen, graceful_s, task_status)
+        await _serve(pipeline, listen, graceful_s, tls, task_status)
 
 
-async def _serve(pipeline: Pipeline, listen: str, graceful_s: float,
+async def _serve(pipeline: Pipeline, listen: str, graceful_s: float, tls: ServerTLS | None,
                  task_status: trio.TaskStatus[CentralHandle]) -> None:
     await pipeline.open()
     try:
-        app = create_app(pipeline, pipeline.registry)
+        if tls is not None:
+            tls.register_metrics(pipeline.registry, "central")
+        app = create_app(pipeline, pipeline.registry, tls=tls)
         hc = HyperConfig()
-        hc.bind = [listen]
         hc.graceful_timeout = graceful_s
         hc.accesslog = None
         hc.errorlog = logging.getLogger("fleet_central.http")
@@ -62,10 +82,11 @@ async def _serve(pipeline: Pipeline, listen: str, graceful_s: float,
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(lambda task_status: serve(
-                app, hc, shutdown_trigger=stop.wait, task_status=task_status))
+                app, hc, listen=[listen], tls=tls, shutdown_trigger=stop.wait,
+                task_status=task_status))
             maintenance = trio.CancelScope()
             nursery.start_soon(_maintain, pipeline, maintenance)
-            handle = CentralHandle(url=binds[0], pipeline=pipeline)
+            handle = CentralHandle(url=binds[0], pipeline=pipeline, tls=tls)
             log.info("central listening on %s (state: %s, sinks: %s)", binds[0],
                      pipeline.state.name, ", ".join(s.name for s in pipeline.sinks) or "none")
             sd_notify("READY=1")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .buffer import BufferService
     from .forward import Forwarder
     from .status import StatusService
+    from .tls import ServerTLS
 
 
 class NodeView(Protocol):
@@ -43,6 +44,7 @@ class NodeView(Protocol):
     alerts: AlertService | None
     aggregation: RollupStage | None
     status: StatusService | None
+    server_tls: ServerTLS | None
 
 
 class EdgeApp:
@@ -175,4 +177,4 @@ def create_app(node: NodeView) -> EdgeApp:
             await buffer.refresh_stats()
         return Response(registry.render(), content_type=CONTENT_TYPE)
 
-    return EdgeApp(IngestHandler(cfg, buffer, registry), app)
+    return EdgeApp(IngestHandler(cfg, buffer, registry, tls=node.server_tls), app)

@@ -30,6 +30,7 @@ from .model import DEVICE_LABEL, IngestBatch, SeriesKey
 class Grant:
     device: str = ""
     site: str = ""
+    source: str = "token"  # or "certificate": a verified client certificate's name
 
 
 def load_tokens(path: str) -> dict[str, Grant]:
@@ -90,13 +91,13 @@ def _restrict(keys: list[SeriesKey], grant: Grant, cache: dict[SeriesKey, Series
             if grant.device:
                 dev = labels.setdefault(DEVICE_LABEL, grant.device)
                 if dev != grant.device:
-                    raise Forbidden(f"this token is for device {grant.device!r}, not {dev!r}",
-                                    field="device")
+                    raise Forbidden(f"this {grant.source} is for device {grant.device!r}, "
+                                    f"not {dev!r}", field="device")
             if grant.site:
                 site = labels.setdefault("site", grant.site)
                 if site != grant.site:
-                    raise Forbidden(f"this token is for site {grant.site!r}, not {site!r}",
-                                    field="site")
+                    raise Forbidden(f"this {grant.source} is for site {grant.site!r}, "
+                                    f"not {site!r}", field="site")
             got = cache[key] = tuple(sorted(labels.items()))
         keys[i] = got
 

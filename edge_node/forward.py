@@ -16,13 +16,21 @@ Outcomes of a send (the state machine is :func:`classify`, sans-IO)::
     400 / 413 / 422     malformed: move the segment to the dead-letter table, go on
     anything else       (401/403, 429, 5xx, network errors) back off with jitter, retry forever;
                         ``Retry-After`` is honoured
+
+With an ``https://`` URL the forwarder's own HTTP client trusts ``central.ca_file`` (else the
+system's CAs), presents ``central.client_cert`` and expects ``central.server_name`` in central's
+certificate; a certificate problem is named (``forward_errors_total{reason="tls"}``, the last
+error in the status) with what to set. A reload that changes these or the files rebuilds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,6 +43,7 @@ from .config import EdgeConfig
 from .errors import BufferFailure
 from .metrics import Registry
 from .runtime import Clock, clock_ms
+from .tls import client_context, tls_problem
 from .wire import BATCH_CONTENT_TYPE, KINDS, Batch, encode_batch
 
 log = logging.getLogger("fleet_edge.forward")
@@ -65,14 +74,37 @@ def classify(status: int, body: Any, retry_after: str | None, now_s: float) -> V
         retry_after, now_s))
 
 
-class Forwarder:
-    """Sends segments from a :class:`BufferService` with an injectable ``httpx.AsyncClient``."""
+def central_tls(cfg: EdgeConfig) -> tuple[bytes, ssl.SSLContext | None]:
+    """(a digest of the link's TLS inputs: settings and file contents, the client's context);
+    the context is ``None`` for an ``http://`` URL."""
+    c = cfg.central
+    if not c.url.startswith("https://"):
+        return b"", None
+    h = hashlib.sha256(repr((c.ca_file, c.client_cert, c.client_key)).encode())
+    for path in (c.ca_file, c.client_cert, c.client_key):
+        if path:
+            try:
+                h.update(Path(path).read_bytes())
+            except OSError as exc:
+                h.update(str(exc).encode())
+    return h.digest(), client_context(c.ca_file, c.client_cert, c.client_key)
 
-    def __init__(self, cfg: EdgeConfig, buffer: BufferService, client: httpx.AsyncClient,
-                 registry: Registry, *, clock: Clock = time.time) -> None:
+
+class Forwarder:
+    """Sends segments from a :class:`BufferService`; ``client`` (tests) replaces the HTTP
+    client it builds for ``[central]`` itself."""
+
+    def __init__(self, cfg: EdgeConfig, buffer: BufferService,
+                 client: httpx.AsyncClient | None, registry: Registry, *,
+                 clock: Clock = time.time) -> None:
         self.buffer = buffer
         self.clock = clock
-        self.client = client
+        self._own_client = client is None
+        self._tls_digest: bytes | None = None
+        self._retired: list[httpx.AsyncClient] = []
+        self.client: httpx.AsyncClient
+        if client is not None:
+            self.client = client
         self.apply(cfg)
         self.connected = False
         self.last_error = ""
@@ -85,7 +117,8 @@ class Forwarder:
         self.m_attempts = r.counter("forward_attempts_total",
                                     "Batches sent to central, each try counted.")
         self.m_errors = r.counter("forward_errors_total", "Failed sends, by reason (network, "
-                                  "timeout, or central's HTTP status).", ("reason",))
+                                  "timeout, tls: a certificate problem, or central's HTTP "
+                                  "status).", ("reason",))
         self.m_send_s = r.histogram("forward_seconds", "Time for central to answer a batch "
                                     "(write latency to central, incl. its backends).")
         self.m_dead = r.counter("dead_lettered_total",
@@ -123,6 +156,32 @@ class Forwarder:
         self.max_age_ms = {"logs": int(c.logs_max_age_s * 1000),
                            "metrics": int(c.metrics_max_age_s * 1000),
                            "rollups": int(c.rollups_max_age_s * 1000)}
+        self.extensions = {"sni_hostname": c.server_name} if c.server_name else {}
+        self.refresh_client(cfg)
+
+    def refresh_client(self, cfg: EdgeConfig) -> bool:
+        """A new HTTP client when the link's TLS settings or files changed (a renewed client
+        certificate, a new CA); True when it was replaced. Raises TLSError if they do not
+        load (the config check loads them first)."""
+        if not self._own_client:
+            return False
+        digest, ctx = central_tls(cfg)
+        if digest == self._tls_digest:
+            return False
+        first = self._tls_digest is None
+        if not first:  # requests in flight finish on the old one
+            self._retired.append(self.client)
+        self.client = httpx.AsyncClient(verify=ctx if ctx is not None else True,
+                                        timeout=cfg.central.timeout_s)
+        self._tls_digest = digest
+        return not first
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients the forwarder made."""
+        if self._own_client:
+            for client in [*self._retired, self.client]:
+                await client.aclose()
+            self._retired.clear()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -252,12 +311,14 @@ class Forwarder:
         t0 = time.perf_counter()
         try:
             with trio.fail_after(self.cfg.central.timeout_s):
-                resp = await self.client.post(self.url, content=body, headers=headers)
+                resp = await self.client.post(self.url, content=body, headers=headers,
+                                              extensions=self.extensions)
         except (httpx.HTTPError, trio.TooSlowError) as exc:
             self.connected = False
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            problem = tls_problem(exc)
             timeout = isinstance(exc, trio.TooSlowError | httpx.TimeoutException)
-            self.m_errors.inc(1, "timeout" if timeout else "network")
+            self.last_error = problem or f"{type(exc).__name__}: {exc}"
+            self.m_errors.inc(1, "tls" if problem else "timeout" if timeout else "network")
             return Verdict(RETRY, self.last_error)
         self.m_send_s.observe(time.perf_counter() - t0)
         try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from .auth import apply_grant, authorize, load_tokens
+from .auth import Grant, apply_grant, authorize, load_tokens
 from .buffer import Writer
 from .clock_skew import ClockSkewTracker
 from .config import EdgeConfig
@@ -36,6 +36,7 @@ from .protocols import fleetd_agent, influx, loki_push, prometheus_text, remote_
 from .protocols.decode import decompress, snappy_block
 from .protocols.native import NativeParser
 from .runtime import Clock, clock_ms
+from .tls import ServerTLS
 
 log = logging.getLogger("fleet_edge.ingest")
 
@@ -73,9 +74,11 @@ class IngestHandler:
     """Reads, validates and durably commits one ingest request (raw ASGI)."""
 
     def __init__(self, cfg: EdgeConfig, buffer: Writer, registry: Registry,
-                 devices: DeviceRegistry | None = None, *, clock: Clock = time.time) -> None:
+                 devices: DeviceRegistry | None = None, *, clock: Clock = time.time,
+                 tls: ServerTLS | None = None) -> None:
         self.buffer = buffer
         self.clock = clock
+        self.tls = tls  # a verified client certificate names the device, as a token would
         self.devices = devices or DeviceRegistry(cfg.data_dir)
         self.limiter = SeriesLimiter(cfg.ingest.max_series_per_device, cfg.ingest.series_ttl_s)
         self.clocks = ClockSkewTracker(cfg.clock)
@@ -221,7 +224,10 @@ class IngestHandler:
         lim = self.cfg.ingest
         try:
             grant = None
-            if self.tokens is not None and scope["path"] != "/api/v1/telemetry":
+            peer = self.tls.peer(scope) if self.tls is not None else None
+            if peer is not None:
+                grant = Grant(device=peer.identity, source="certificate")
+            elif self.tokens is not None and scope["path"] != "/api/v1/telemetry":
                 grant = authorize(self.tokens, dict(scope["headers"]),
                                   scope.get("query_string", b""))
             body = await self._read(receive, lim.max_body_bytes, declared)

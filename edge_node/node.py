@@ -24,7 +24,6 @@ from typing import Any
 import httpx
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve
 
 from . import __version__
 from .aggregate.roll_stage import RollupStage, register_metrics
@@ -41,6 +40,7 @@ from .scrape import Scraper
 from .sdnotify import sd_notify, watchdog
 from .selfmon import register_process_metrics
 from .status import StatusService
+from .tls import ServerTLS, TLSError, serve
 
 log = logging.getLogger("fleet_edge.node")
 
@@ -62,6 +62,8 @@ class EdgeNode:
     registry: Registry
     config_path: str | None = None
     url: str = ""
+    urls: list[str] = field(default_factory=list)  # the TLS listener's first, the plain one's
+    server_tls: ServerTLS | None = None  # the listener's, with [tls] cert_file
     alerts: AlertService | None = None
     aggregation: RollupStage | None = None  # stream aggregation inside the buffer's roll
     host: HostCollector | None = None
@@ -252,6 +254,14 @@ class EdgeNode:
             logging.getLogger().setLevel(cfg.log_level.upper())
         if "central" in applied:
             self.forwarder.apply(cfg)
+        elif self.forwarder.refresh_client(cfg):  # the same settings, renewed files
+            applied.append("central.tls")
+        if self.server_tls is not None and "tls" not in restart:
+            try:  # renewed files at the same paths are read again too
+                if self.server_tls.reload(cfg.tls_files()) and "tls" not in applied:
+                    applied.append("tls")
+            except TLSError as exc:
+                log.error("reload: the listener keeps its certificate: %s", exc)
         if self.scraper is not None:
             self.scraper.ingest = cfg.ingest
             if self.scraper.cfg != cfg.scrape:
@@ -282,6 +292,10 @@ def plan_reload(old: EdgeConfig, new: EdgeConfig) -> tuple[list[str], list[str]]
             continue
         if f.name in LIVE:
             applied.append(f.name)
+        elif f.name == "tls":  # other files at once; on/off, client_certs, plain_listen: not
+            same = (bool(a.cert_file), a.client_certs, a.plain_listen) == (
+                bool(b.cert_file), b.client_certs, b.plain_listen)
+            (applied if same else restart).append("tls")
         elif f.name == "buffer":
             if a.max_disk_mb != b.max_disk_mb:
                 applied.append("buffer.max_disk_mb")
@@ -334,12 +348,15 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
     # leave room for the batch envelope and the series definitions that may ride along
     buffer = await open_buffer(cfg.db_path, cfg.buffer, registry,
                                max_segment_bytes=int(cfg.central.max_batch_bytes * 0.75))
+    server_tls = ServerTLS(cfg.tls_files()) if cfg.tls.cert_file else None
+    if server_tls is not None:
+        server_tls.register_metrics(registry, "devices")
+    forwarder = Forwarder(cfg, buffer, client, registry)  # its own client for central's TLS
     own_client = client is None
-    if client is None:
+    if client is None:  # for the alert hooks (webhooks: the system's trust store)
         client = httpx.AsyncClient(timeout=cfg.central.timeout_s)
-    forwarder = Forwarder(cfg, buffer, client, registry)
     node = EdgeNode(cfg=cfg, buffer=buffer, forwarder=forwarder, registry=registry,
-                    config_path=config_path, client=client)
+                    config_path=config_path, client=client, server_tls=server_tls)
     await node.set_aggregation(cfg.aggregation_rules(), cfg.aggregate.checkpoint_interval_s)
     node.alerts = node._make_alerts(cfg, alert_parts(cfg))
     if node.alerts is not None:  # the buffer's tasks are not running yet
@@ -350,7 +367,6 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
         app = create_app(node)
         node.ingest = app.ingest
         hc = HyperConfig()
-        hc.bind = [cfg.listen]
         hc.graceful_timeout = cfg.drain_timeout_s
         hc.accesslog = None
         hc.errorlog = logging.getLogger("fleet_edge.http")
@@ -362,7 +378,8 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
 
         async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(app, hc,  # type: ignore[arg-type]  # see EdgeApp.__call__
+                await serve(app, hc, listen=[cfg.listen], tls=server_tls,
+                            plain_listen=[cfg.tls.plain_listen] if cfg.tls.plain_listen else [],
                             shutdown_trigger=stop.wait, task_status=task_status)
             finally:
                 served.set()
@@ -373,13 +390,15 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             nursery.start_soon(forwarder.run)
             await node._start_alerts()
             binds = await nursery.start(serve_http)
-            node.url = binds[0]
+            node.url, node.urls = binds[0], binds
             node.scraper = Scraper(cfg.scrape, cfg.ingest, buffer, registry)
             node._start_scraper()
             node._start_host()
             nursery.start_soon(status.run)
-            log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id, binds[0],
-                     cfg.central.url)
+            log.info("edge node %s listening on %s, forwarding to %s", cfg.node_id,
+                     " and ".join(binds), cfg.central.url)
+            for warning in cfg.security_warnings():
+                log.warning("%s", warning)
             await trio.to_thread.run_sync(pidfile.write_text, f"{os.getpid()}\n")
             sd_notify("READY=1")
             nursery.start_soon(watchdog)
@@ -403,8 +422,9 @@ async def run_edge_node(cfg: EdgeConfig, *, client: httpx.AsyncClient | None = N
             app.ingest.devices.close()
             nursery.cancel_scope.cancel()
     finally:
-        if own_client:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            await forwarder.aclose()
+            if own_client:
                 await client.aclose()
         await buffer.aclose()
         with contextlib.suppress(OSError):

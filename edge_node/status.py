@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .alerts.service import AlertService
     from .buffer import BufferService
     from .forward import Forwarder
+    from .tls import ServerTLS
 
 log = logging.getLogger("fleet_edge.status")
 
@@ -166,6 +167,7 @@ class StatusSource(Protocol):
     alerts: AlertService | None
     host: HostCollector | None
     last_reload: dict[str, Any] | None
+    server_tls: ServerTLS | None
 
 
 class StatusService:
@@ -302,6 +304,9 @@ class StatusService:
             "node_id": cfg.node_id, "version": __version__, "now": now,
             "started": self.started, "uptime_s": now - self.started,
             "not_ready": self.not_ready(),
+            "warnings": cfg.security_warnings(),
+            "tls": (node.server_tls.cert.to_json(now) | {"client_certs": cfg.tls.client_certs}
+                    if node.server_tls is not None else None),
             "central": {"url": cfg.central.url, "connected": fwd.connected,
                         "last_error": fwd.last_error or None,
                         "last_ack": fwd.last_ack_s or None},

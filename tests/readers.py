@@ -35,12 +35,17 @@ def vm_export(url: str, match: str) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in r.text.splitlines() if ln.strip()]
 
 
-def metric_total(url: str, name: str) -> float:
-    """The sum of every sample of ``name`` on ``url``'s ``/metrics`` (all label sets)."""
+def metric_total(url: str, name: str, *, verify: Any = True, **labels: str) -> float:
+    """The sum of every sample of ``name`` on ``url``'s ``/metrics`` whose labels include
+    ``labels`` (all label sets when none are given)."""
     total = 0.0
-    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in httpx.get(url + "/metrics", timeout=10, verify=verify).text.splitlines():
         if line.startswith((name + " ", name + "{")):
-            total += float(line.rsplit(" ", 1)[1])
+            head = line.rsplit(" ", 1)[0]
+            inside = head[len(name) + 1:-1].split(",") if head != name else []
+            if all(w in inside for w in want):
+                total += float(line.rsplit(" ", 1)[1])
     return total
 
 

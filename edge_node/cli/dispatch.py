@@ -41,7 +41,7 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{args.file}: invalid: {exc}", file=sys.stderr)
         return 2
-    warnings = placeholders(cfg)
+    warnings = placeholders(cfg) + cfg.security_warnings()
     for w in warnings:
         print(f"{args.file}: warning: {w}", file=sys.stderr)
     if args.print:

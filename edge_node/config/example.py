@@ -12,8 +12,12 @@ log_level = "info"
 drain_timeout_s = 10.0            # on SIGTERM: time allowed to finish in-flight work
 
 [central]
-url = "http://central.example:9400"
+url = "https://central.example:9400"
 api_key = "CHANGE-ME"             # from: fleet-central nodes add NODE_ID
+ca_file = ""                      # the CA of central's certificate (empty: the system's CAs)
+client_cert = ""                  # mutual TLS: this node's certificate (PEM) ...
+client_key = ""                   # ... and its key
+server_name = ""                  # the name in central's certificate, if not the URL's host
 timeout_s = 30.0
 backoff_initial_s = 0.5
 backoff_max_s = 60.0
@@ -93,6 +97,14 @@ protocol_policies = ""            # e.g. "remote_write=accept" (overrides policy
                                   # native, prometheus_text, remote_write, loki, influx_v1,
                                   # influx_v2, fleetd_agent
 device_policies = ""              # e.g. "pump-7=reject" (overrides both)
+
+[tls]                             # HTTPS for devices on `listen` (files re-read on reload)
+cert_file = ""                    # PEM certificate (chain); with key_file, listen is HTTPS
+key_file = ""
+client_ca_file = ""               # the CA that signs device certificates
+client_certs = "off"              # off | optional | required: a verified certificate's
+                                  # common name is the device (like a device token)
+plain_listen = ""                 # e.g. "0.0.0.0:9301": plain HTTP beside it, legacy devices
 
 [status]
 step_s = 30.0                     # the status page's charts: one point per step

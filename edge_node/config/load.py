@@ -79,6 +79,7 @@ def cross_checks(cfg: EdgeConfig) -> None:
         from ..auth import load_tokens
 
         load_tokens(cfg.ingest.tokens_file)  # raises ConfigError naming the problem
+    _tls_checks(cfg)
     if cfg.scrape.timeout_s > cfg.scrape.interval_s:
         raise ConfigError("scrape.timeout_s", "must be <= scrape.interval_s")
     if cfg.ingest.max_decompressed_bytes < cfg.ingest.max_body_bytes:
@@ -86,6 +87,44 @@ def cross_checks(cfg: EdgeConfig) -> None:
     cfg.aggregation_rules()  # raises ConfigError naming the rule and field
     cfg.alert_rule_groups()
     cfg.alert_hooks()
+
+
+def _tls_checks(cfg: EdgeConfig) -> None:
+    """The listener's and the central link's TLS settings fit together and their files load
+    (a key that is not its certificate's, a CA file without a certificate: named here)."""
+    from ..tls import ServerTLS, TLSError, client_context
+
+    t, c = cfg.tls, cfg.central
+    if bool(t.cert_file) != bool(t.key_file):
+        raise ConfigError("tls.key_file" if t.cert_file else "tls.cert_file",
+                          "tls.cert_file and tls.key_file go together")
+    if t.client_certs != "off" and not t.cert_file:
+        raise ConfigError("tls.client_certs", "needs tls.cert_file and tls.key_file (client "
+                                              "certificates are part of the TLS handshake)")
+    if t.client_certs != "off" and not t.client_ca_file:
+        raise ConfigError("tls.client_ca_file", f"is required with client_certs = "
+                                                f"{t.client_certs!r}: the CA that signs the "
+                                                "device certificates")
+    if t.plain_listen and not t.cert_file:
+        raise ConfigError("tls.plain_listen", "is a plain listener beside an HTTPS one; "
+                                              "without tls.cert_file, listen is plain already")
+    if t.plain_listen and t.plain_listen == cfg.listen:
+        raise ConfigError("tls.plain_listen", "must differ from listen")
+    tls_keys = {"ca_file": c.ca_file, "client_cert": c.client_cert,
+                "client_key": c.client_key, "server_name": c.server_name}
+    if not c.url.startswith("https://"):
+        for name, value in tls_keys.items():
+            if value:
+                raise ConfigError(f"central.{name}", "needs an https:// central.url")
+    if c.client_key and not c.client_cert:
+        raise ConfigError("central.client_cert", "is required with central.client_key")
+    try:
+        if t.cert_file:
+            ServerTLS(cfg.tls_files())
+        if c.url.startswith("https://"):
+            client_context(c.ca_file, c.client_cert, c.client_key)
+    except TLSError as exc:
+        raise ConfigError(exc.key, exc.reason) from None
 
 
 def load_aggregation_rules(path: str) -> list[Any]:

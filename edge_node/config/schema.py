@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,17 @@ class CentralConfig:
 
     url: str = field(default="", metadata=_check(
         lambda v: re.match(r"^https?://[^/\s]+", v) is not None,
-        "must be an http:// or https:// URL, e.g. http://central.example:9400"))
+        "must be an http:// or https:// URL, e.g. https://central.example:9400"))
     api_key: str = field(default="", metadata=_check(bool, "must not be empty"))
+    # https:// only: the CA file central's certificate is checked against (a private CA;
+    # empty: the system trust store), a client certificate and its key (mutual TLS), and the
+    # name to expect in central's certificate when the URL's host is not in it
+    ca_file: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    server_name: str = field(default="", metadata=_check(
+        lambda v: re.fullmatch(r"[A-Za-z0-9*][A-Za-z0-9.\-]{0,252}", v) is not None or v == "",
+        "must be a host name, e.g. central.example"))
     timeout_s: float = field(default=30.0, metadata=_check(lambda v: v > 0, "must be > 0"))
     backoff_initial_s: float = field(default=0.5, metadata=_check(lambda v: v > 0, "must be > 0"))
     backoff_max_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "must be > 0"))
@@ -60,6 +70,23 @@ class CentralConfig:
     # (listed by fleet-edge dead-letters, requeued or dropped from there)
     too_old: str = field(default="drop", metadata=_check(
         lambda v: v in ("drop", "keep"), "must be drop or keep"))
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """HTTPS on ``listen`` for devices, optionally with client certificates."""
+
+    cert_file: str = ""       # PEM certificate (chain); with key_file, listen serves HTTPS
+    key_file: str = ""
+    client_ca_file: str = ""  # the CA that signs device certificates
+    # off | optional (a device may present one) | required (the handshake refuses devices
+    # without one); a verified certificate's common name (else its first DNS/URI name) is
+    # the device: like a device token, it fills in and enforces the device label
+    client_certs: str = field(default="off", metadata=_check(
+        lambda v: v in ("off", "optional", "required"), "must be off, optional or required"))
+    # a second, plain-HTTP listener for devices that cannot do TLS ("" none)
+    plain_listen: str = field(default="", metadata=_check(
+        lambda v: v == "" or _listen_ok(v), "must be host:port, e.g. 0.0.0.0:9301"))
 
 
 @dataclass(frozen=True)
@@ -269,6 +296,31 @@ class EdgeConfig:
     host: HostConfig = field(default_factory=HostConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+    def security_warnings(self) -> list[str]:
+        """What is unsafe to run across the internet (logged at start, on the status page and
+        by check-config): a plain-http central that is not on this box."""
+        out: list[str] = []
+        url = self.central.url
+        host = urllib.parse.urlsplit(url).hostname or ""
+        if url.startswith("http://") and host not in ("localhost", "::1") and \
+                not host.startswith("127."):
+            out.append(f"central.url {url!r} is plain http: the node's API key and all its "
+                       "data cross the network unencrypted; use https:// (see the README's "
+                       "Security section)")
+        if self.tls.plain_listen and not self.ingest.tokens_file:
+            out.append(f"tls.plain_listen {self.tls.plain_listen!r} takes data from anyone "
+                       "who can reach it: set ingest.tokens_file to require device tokens "
+                       "there")
+        return out
+
+    def tls_files(self) -> Any:
+        """The listener's :class:`~edge_node.tls.TLSFiles` (``[tls]`` must name a cert)."""
+        from ..tls import TLSFiles
+
+        t = self.tls
+        return TLSFiles(t.cert_file, t.key_file, t.client_ca_file, t.client_certs)
 
     @property
     def listen_host(self) -> str:

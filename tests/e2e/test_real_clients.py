@@ -42,7 +42,12 @@ def target(tmp_path: Path) -> Iterator[str]:
     proc.wait()
 
 
-def _client(kind: str, tmp: Path, target: str, edge_url: str) -> subprocess.Popen[bytes]:
+def remote_write_client(kind: str, tmp: Path, target: str, edge_url: str,
+                        tls: tuple[Path, Path, Path] | None = None, keep: str = ""
+                        ) -> subprocess.Popen[bytes]:
+    """vmagent or Prometheus scraping ``target`` and remote-writing to ``edge_url``; with
+    ``tls`` = (CA file, client certificate, key) over HTTPS with a client certificate; with
+    ``keep`` (a regex) only the series whose name matches it are written."""
     work = tmp / kind
     work.mkdir()
     scrape = f"""
@@ -58,12 +63,23 @@ scrape_configs:
                 f"-remoteWrite.url={edge_url}/api/v1/write", f"-remoteWrite.tmpDataPath={work}/q",
                 f"-httpListenAddr=127.0.0.1:{free_port()}", "-remoteWrite.flushInterval=500ms",
                 "-loggerLevel=WARN"]
+        if keep:
+            (work / "relabel.yml").write_text(
+                f"- action: keep\n  source_labels: [__name__]\n  regex: '{keep}'\n")
+            argv.append(f"-remoteWrite.urlRelabelConfig={work}/relabel.yml")
+        if tls is not None:
+            argv += [f"-remoteWrite.tlsCAFile={tls[0]}", f"-remoteWrite.tlsCertFile={tls[1]}",
+                     f"-remoteWrite.tlsKeyFile={tls[2]}"]
     else:
         (work / "prometheus.yml").write_text(scrape + f"""
 remote_write:
   - url: {edge_url}/api/v1/write
     queue_config: {{batch_send_deadline: 500ms, min_backoff: 100ms, max_backoff: 1s}}
-""")
+""" + ("" if not keep else f"""    write_relabel_configs:
+      - {{action: keep, source_labels: [__name__], regex: '{keep}'}}
+""") + ("" if tls is None else f"""    tls_config: {{ca_file: "{tls[0]}", cert_file: "{tls[1]}",
+                  key_file: "{tls[2]}"}}
+"""))
         argv = ["prometheus", f"--config.file={work}/prometheus.yml",
                 f"--storage.tsdb.path={work}/data",
                 f"--web.listen-address=127.0.0.1:{free_port()}", "--log.level=warn"]
@@ -75,7 +91,7 @@ remote_write:
 async def test_remote_write_clients_reach_central(kind: str, tmp_path: Path, central: Central,
                                                   target: str) -> None:
     async with open_edge_node(edge_config(tmp_path, central)) as node:
-        proc = _client(kind, tmp_path, target, node.url)
+        proc = remote_write_client(kind, tmp_path, target, node.url)
         try:
             def rows() -> list[tuple[str, dict[str, str], float]]:
                 got = central.store.open_sync().execute(

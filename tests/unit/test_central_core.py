@@ -63,6 +63,26 @@ def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(("env", "named"), [
+    ({"FLEET_CENTRAL_TLS_CERT": "/c.pem"}, "only FLEET_CENTRAL_TLS_CERT is set"),
+    ({"FLEET_CENTRAL_TLS_CLIENT_CERTS": "maybe"}, "FLEET_CENTRAL_TLS_CLIENT_CERTS='maybe'"),
+    ({"FLEET_CENTRAL_TLS_CLIENT_CERTS": "required"}, "needs FLEET_CENTRAL_TLS_CERT"),
+])
+def test_bad_tls_settings_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_a_client_ca_makes_client_certificates_required_unless_said_otherwise() -> None:
+    tls = {"FLEET_CENTRAL_TLS_CERT": "/c.pem", "FLEET_CENTRAL_TLS_KEY": "/k.pem",
+           "FLEET_CENTRAL_TLS_CLIENT_CA": "/ca.pem"}
+    files = Settings.from_env(tls).tls_files()
+    assert files is not None and files.client_certs == "required"
+    files = Settings.from_env(tls | {"FLEET_CENTRAL_TLS_CLIENT_CERTS": "optional"}).tls_files()
+    assert files is not None and files.client_certs == "optional"
+    assert Settings.from_env({}).tls_files() is None
+
+
 def test_settings_accept_the_architecture_forms() -> None:
     s = Settings.from_env({"VALKEY_ADDR": "redis://cache:6379", "TIMESCALE_CHUNK_INTERVAL":
                            "6 hours", "VICTORIA_METRICS_URL": "http://vm:8428/"})
