@@ -17,7 +17,9 @@ from edge_node.runtime import Runner, ThreadRunner
 from edge_node.tls import Peer, ServerTLS
 from edge_node.wire import decode_batch, decode_segment
 
+from .audit import Audit
 from .errors import MissingSeries, SinkRejected, SinkUnavailable
+from .keys import KeyPolicy, KeyService
 from .pipeline import Pipeline
 
 log = logging.getLogger("fleet_central.app")
@@ -50,11 +52,15 @@ def _certificate_refusal(peer: Peer | None, node_id: str, mode: str) -> str:
 
 def create_app(pipeline: Pipeline, reg: Registry, *,
                max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-               decoder: Runner | None = None, tls: ServerTLS | None = None) -> QuartTrio:
+               decoder: Runner | None = None, tls: ServerTLS | None = None,
+               keys: KeyService | None = None) -> QuartTrio:
     """Central's HTTP app. ``decoder`` runs segment decoding off the event loop (two worker
     threads by default). With ``tls`` asking for client certificates, a node's certificate
     must carry its node id (common name or a DNS/URI name): its key alone is not enough."""
     store = pipeline.state
+    if keys is None:  # failures are kept in memory (bounded); run_central writes them out
+        keys = KeyService(store, KeyPolicy(), Audit(store), pipeline.clock)
+    key_service = keys
     app = QuartTrio("fleet_central")
     app.config["MAX_CONTENT_LENGTH"] = max_batch_bytes
     app.config["BODY_TIMEOUT"] = 120
@@ -68,6 +74,16 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
         reg.gauge("store_bytes", "Size of the embedded SQLite store (database + WAL).",
                   callback=lambda: float(sum(p.stat().st_size for p in (
                       path, path.with_name(path.name + "-wal")) if p.exists())))
+    reg.gauge("node_key_expiry_timestamp_seconds", "When the key each node last "
+              "authenticated with expires (nodes seen since the start; no sample: never).",
+              ("node",), callback=lambda: {(n,): e / 1000 for n, (_, e) in
+                                           key_service.seen.items() if e is not None})
+    reg.gauge("node_key_age_seconds", "Age of the key each node last authenticated with.",
+              ("node",), callback=lambda: {(n,): max(0.0, pipeline.clock() - c / 1000)
+                                           for n, (c, _) in key_service.seen.items()})
+    reg.gauge("auth_failures", "Refused node keys since the start (each is in the audit "
+              "log: fleet-central audit).",
+              callback=lambda: float(key_service.audit.failures_total))
     app.extensions["registry"] = reg
     decode = decoder or ThreadRunner(2)  # segments decode off the event loop, two at a time
 
@@ -78,13 +94,17 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
             m_batches.inc(1, "unauthorized")
             return _json(401, {"error": "missing 'Authorization: Bearer <node key>'"},
                          {"WWW-Authenticate": "Bearer"})
+        source = _source(request.scope)
         try:
-            node = await store.authenticate(auth[7:].strip())
+            decision = await key_service.authenticate(
+                auth[7:].strip(), source, request.headers.get("X-Fleet-Node", "")[:128],
+                request.headers.get("X-Fleet-Next-Key") or None)
         except SinkUnavailable as exc:
             return _json(503, {"error": str(exc)}, {"Retry-After": str(exc.retry_after_s)})
+        node = decision.node
         if node is None:
             m_batches.inc(1, "unauthorized")
-            return _json(401, {"error": "unknown or revoked node key"},
+            return _json(401, {"error": decision.message, "reason": decision.refusal},
                          {"WWW-Authenticate": "Bearer"})
         if tls is not None and tls.client_certs != "off":
             refused = _certificate_refusal(tls.peer(request.scope), node.node_id,
@@ -92,7 +112,7 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
             if refused:
                 m_batches.inc(1, "forbidden")
                 log.warning("refused a batch for node %s from %s: %s", node.node_id,
-                            _source(request.scope), refused)
+                            source, refused)
                 return _json(403, {"error": refused})
         body = await request.get_data(cache=False)
         assert isinstance(body, bytes)
@@ -133,7 +153,19 @@ def create_app(pipeline: Pipeline, reg: Registry, *,
             m_rows.inc(len(cols), batch.kind)
         else:
             m_batches.inc(1, "duplicate")
-        return _json(200, {"status": "applied" if applied else "duplicate", "seq": batch.seq})
+        answer: dict[str, Any] = {"status": "applied" if applied else "duplicate",
+                                  "seq": batch.seq, "key": {
+                                      "created_ms": decision.created_ms,
+                                      "expires_ms": decision.expires_ms}}
+        try:
+            with trio.CancelScope(shield=True):  # stored before it is handed out
+                offered = await key_service.offer(decision, source)
+        except SinkUnavailable as exc:  # the batch is applied: offer it next time
+            log.warning("could not offer node %s its next key: %s", node.node_id, exc)
+            offered = None
+        if offered is not None:
+            answer["next_key"] = offered
+        return _json(200, answer)
 
     @app.errorhandler(413)
     async def too_large(_: Exception) -> Response:

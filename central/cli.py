@@ -15,18 +15,22 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
 import trio_asyncio
 
 from edge_node import __version__
+from edge_node.durations import parse_duration
 from edge_node.process import cli_exit, quiet_libraries, run_reporting, stop_on_signal, tune_gc
 from edge_node.tls import ServerTLS, TLSError, split_listen
 
+from .audit import AuditEntry, cli_actor
 from .backends import build_pipeline, clickhouse, state_store
 from .config import BACKEND_VARS, TUNING, Settings
 from .errors import CentralError, RegistryError, SchemaOutdated, SettingsError, SinkUnavailable
+from .keys import parse_lifetime
 from .server import CentralHandle, run_central
 from .sinks.postgres import PostgresStore
 
@@ -63,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="host:port to listen on (env FLEET_CENTRAL_LISTEN; "
                           "default 127.0.0.1:9400)")
     _add_data_dir(run)
-    sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema and the ClickHouse "
-                                   "tables (DATABASE_URL, CLICKHOUSE_URL)")
+    mig = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema and the "
+                                         "ClickHouse tables (DATABASE_URL, CLICKHOUSE_URL)")
+    _add_data_dir(mig)
     nodes = sub.add_parser("nodes", help="manage edge node registrations and keys")
     nsub = nodes.add_subparsers(dest="nodes_cmd", required=True, metavar="ACTION")
     add = nsub.add_parser("add", help="register a node; prints its API key on the last line")
@@ -72,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--org", default="default", help="organisation (default: default)")
     add.add_argument("--site", default="", help="the node's site: the 'site' label of its "
                                                 "devices' data unless they carry their own")
+    add.add_argument("--expires", metavar="DURATION", help="the key's life, e.g. 90d or "
+                     "'never' (default FLEET_CENTRAL_KEY_LIFETIME, 90d); central offers the "
+                     "next key before it runs out")
     _add_data_dir(add)
     ls = nsub.add_parser("list", help="list registered nodes")
     ls.add_argument("--json", action="store_true")
@@ -79,9 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     rv = nsub.add_parser("revoke", help="revoke a node's key (refused from the next request)")
     rv.add_argument("node_id")
     _add_data_dir(rv)
-    rot = nsub.add_parser("rotate", help="give a node a new key; prints it on the last line")
+    rot = nsub.add_parser("rotate", help="give a node a new key; prints it on the last line "
+                                         "(the old key keeps working for the grace period)")
     rot.add_argument("node_id")
+    rot.add_argument("--now", action="store_true", help="the old key stops working at once "
+                                                        "(a stolen key)")
+    rot.add_argument("--grace", metavar="DURATION", help="how long the old key keeps working "
+                     "(default FLEET_CENTRAL_KEY_GRACE, 7d)")
+    rot.add_argument("--expires", metavar="DURATION", help="the new key's life (default "
+                     "FLEET_CENTRAL_KEY_LIFETIME)")
     _add_data_dir(rot)
+    audit = sub.add_parser("audit", help="read the audit log: admin actions, key rotations, "
+                                         "migrations, deletions, refused keys")
+    audit.add_argument("--since", default="24h", metavar="DURATION",
+                       help="entries this recent (e.g. 1h, 7d; default 24h)")
+    audit.add_argument("--node", default="", help="only this node's entries")
+    audit.add_argument("--limit", type=int, default=1000, help="at most this many, the newest "
+                                                               "(default 1000)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_data_dir(audit)
     return p
 
 
@@ -98,7 +122,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
                     "unencrypted; set FLEET_CENTRAL_TLS_CERT and FLEET_CENTRAL_TLS_KEY (or "
                     "terminate TLS in front of central)", args.listen)
     async with trio.open_nursery() as nursery:
-        handle = await nursery.start(partial(run_central, pipeline, args.listen, tls=tls))
+        handle = await nursery.start(partial(run_central, pipeline, args.listen, tls=tls,
+                                             key_policy=settings.key_policy()))
         nursery.start_soon(_reload_on_sighup, handle)
         await stop_on_signal(handle.stop, "fleet_central")
         nursery.cancel_scope.cancel()
@@ -110,7 +135,20 @@ async def _reload_on_sighup(handle: CentralHandle) -> None:
             handle.reload_tls()
 
 
-async def _migrate(settings: Settings) -> None:
+async def _audit_migration(settings: Settings, args: argparse.Namespace,
+                           done: list[str]) -> None:
+    """ClickHouse migrations go to the state store's audit log (PostgreSQL's own do already)."""
+    entry = AuditEntry(int(time.time() * 1000), "migrate", cli_actor(),
+                       detail={"applied": done, "backend": "clickhouse"})
+    store = state_store(settings, args.data_dir)
+    if isinstance(store, PostgresStore):
+        async with trio_asyncio.open_loop():
+            await store.write_audit([entry])
+    else:
+        await store.write_audit([entry])
+
+
+async def _migrate(settings: Settings, args: argparse.Namespace) -> None:
     if not settings.database_url and not settings.clickhouse_url:
         print("nothing to migrate: neither DATABASE_URL nor CLICKHOUSE_URL is set (the "
               "embedded SQLite store creates its schema itself)")
@@ -129,6 +167,8 @@ async def _migrate(settings: Settings) -> None:
             done = await ch.migrate()
             print(f"    applied: {', '.join(done)} (server {'.'.join(map(str, ch.version))})"
                   if done else "    schema is up to date")
+            if done:
+                await _audit_migration(settings, args, done)
         finally:
             await ch.close()
 
@@ -137,26 +177,36 @@ async def _nodes(args: argparse.Namespace, settings: Settings) -> None:
     store = state_store(settings, args.data_dir)
     if isinstance(store, PostgresStore):
         async with trio_asyncio.open_loop():
-            await _nodes_cmd(args, store)
+            await _nodes_cmd(args, store, settings)
     else:
-        await _nodes_cmd(args, store)
+        await _nodes_cmd(args, store, settings)
 
 
-async def _nodes_cmd(args: argparse.Namespace, store: object) -> None:
+async def _nodes_cmd(args: argparse.Namespace, store: object, settings: Settings) -> None:
     where = getattr(store, "path", None) or "PostgreSQL"
 
-    async def call(method: str, *a: object) -> object:
-        got = getattr(store, method)(*a)
+    async def call(method: str, *a: object, **kw: object) -> object:
+        got = getattr(store, method)(*a, **kw)
         return await got if hasattr(got, "__await__") else got
 
+    if args.cmd == "audit":
+        await _audit_cmd(args, call)
+        return
     if args.nodes_cmd == "add":
-        key = await call("add_node", args.node_id, args.org, args.site)
+        expires = _expiry(args.expires, settings)
+        key = await call("add_node", args.node_id, args.org, args.site, expires_ms=expires)
         print(f"registered node {args.node_id!r} in organisation {args.org!r} "
-              f"({where}); its API key (shown once, only its hash is stored):")
+              f"({where}); its key expires {_when(expires)}; the API key (shown once, only "
+              "its hash is stored):")
         print(key)
     elif args.nodes_cmd == "rotate":
-        key = await call("rotate_key", args.node_id)
-        print(f"new API key for node {args.node_id!r} (the old one no longer works):")
+        grace = None if args.now else (settings.key_grace_ms if args.grace is None else
+                                       _duration(args.grace, "--grace"))
+        key = await call("rotate_key", args.node_id, grace_ms=grace,
+                         expires_ms=_expiry(args.expires, settings))
+        old = ("no longer works" if grace is None
+               else f"keeps working until {_when(int(time.time() * 1000) + grace)}")
+        print(f"new API key for node {args.node_id!r} (the old one {old}):")
         print(key)
     elif args.nodes_cmd == "revoke":
         await call("revoke_node", args.node_id)
@@ -167,14 +217,51 @@ async def _nodes_cmd(args: argparse.Namespace, store: object) -> None:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            print(f"{'NODE':<24} {'ORG':<16} {'SITE':<16} {'STATE':<8} LAST SEEN")
+            now = time.time() * 1000
+            print(f"{'NODE':<24} {'ORG':<16} {'SITE':<12} {'STATE':<8} {'LAST SEEN':<20} "
+                  f"{'KEY AGE':<8} KEY EXPIRES")
             for r in rows:
-                seen = r["last_seen_ms"]
-                when = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(seen) / 1000))
-                        if isinstance(seen, int) else "never")
                 state = "revoked" if r["revoked_ms"] else "active"
-                print(f"{r['node_id']!s:<24} {r['org']!s:<16} {r['site']!s:<16} {state:<8} "
-                      f"{when}")
+                made = r.get("key_created_ms")
+                age = f"{(now - made) / 86_400_000:.0f}d" if isinstance(made, int) else "-"
+                exp = _when(r.get("key_expires_ms"))
+                if r.get("next_key_offered_ms"):
+                    exp += " (next key offered)"
+                print(f"{r['node_id']!s:<24} {r['org']!s:<16} {r['site']!s:<12} {state:<8} "
+                      f"{_when(r['last_seen_ms'], 'never'):<20} {age:<8} {exp}")
+
+
+def _when(ms: object, none: str = "never") -> str:
+    if not isinstance(ms, int):
+        return none
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
+
+
+def _duration(text: str, what: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise SettingsError(f"{what} {text!r} must be a duration like 7d or 12h") from None
+
+
+def _expiry(text: str | None, settings: Settings) -> int | None:
+    """The expiry (epoch ms) of a key made now with life ``text`` (or the setting's)."""
+    life = settings.key_lifetime_ms if text is None else parse_lifetime(text, "--expires")
+    return None if life is None else int(time.time() * 1000) + life
+
+
+async def _audit_cmd(args: argparse.Namespace, call: Callable[..., Awaitable[object]]
+                     ) -> None:
+    since = int(time.time() * 1000) - _duration(args.since, "--since")
+    entries = await call("read_audit", since, args.node, args.limit)
+    assert isinstance(entries, list)
+    for e in entries:
+        if args.json:
+            print(json.dumps(e.to_json(), sort_keys=True))
+        else:
+            detail = " ".join(f"{k}={v}" for k, v in sorted(e.detail.items()))
+            print(f"{e.to_json()['at']}  {e.action:<14} {e.actor:<28} "
+                  f"{(e.org + '/' if e.org else '') + e.node_id:<28} {e.source:<21} {detail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,9 +283,10 @@ def _main(args: argparse.Namespace) -> int:
         return run_reporting(_serve, args, settings,
                              expected=(OSError, CentralError, TLSError),
                              prefix="fleet-central: cannot start")
-    expected = (RegistryError, SchemaOutdated, SinkUnavailable, OSError)
+    expected = (RegistryError, SchemaOutdated, SinkUnavailable, OSError, SettingsError)
     if args.cmd == "migrate":
-        return run_reporting(_migrate, settings, expected=expected, prefix="fleet-central")
+        return run_reporting(_migrate, settings, args, expected=expected,
+                             prefix="fleet-central")
     return run_reporting(_nodes, args, settings, expected=expected, prefix="fleet-central")
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from edge_node.tls import CLIENT_CERT_MODES, TLSFiles
 
 from .errors import SettingsError
+from .keys import KeyPolicy, parse_lifetime
 
 # FLEET_CENTRAL_* variables: name -> (default, help). The CLI's own ones are listed too, so the
 # unknown-variable check knows them.
@@ -54,6 +55,13 @@ TUNING: dict[str, tuple[str, str]] = {
     "FLEET_CENTRAL_TLS_CLIENT_CERTS": ("", "off | optional | required (default: required "
                                            "when FLEET_CENTRAL_TLS_CLIENT_CA is set): a "
                                            "node's certificate must name its node id"),
+    "FLEET_CENTRAL_KEY_LIFETIME": ("90d", "how long a node key lives ('never': keys do not "
+                                          "expire); nodes add --expires overrides it"),
+    "FLEET_CENTRAL_KEY_RENEW_BEFORE": ("30d", "central offers a node its next key this long "
+                                              "before the current one expires (at most a "
+                                              "third of the key's life)"),
+    "FLEET_CENTRAL_KEY_GRACE": ("7d", "a replaced key keeps working this long (automatic "
+                                      "rotations and nodes rotate without --now)"),
     "FLEET_CENTRAL_DATA_DIR": ("./fleet-central-data", "embedded SQLite store directory"),
     "FLEET_CENTRAL_LOG_LEVEL": ("info", "log level"),
 }
@@ -90,6 +98,13 @@ class Settings:
     tls_key: str = ""
     tls_client_ca: str = ""
     tls_client_certs: str = "off"
+    key_lifetime_ms: int | None = 90 * 86_400_000
+    key_renew_before_ms: int = 30 * 86_400_000
+    key_grace_ms: int = 7 * 86_400_000
+
+    def key_policy(self) -> KeyPolicy:
+        return KeyPolicy(lifetime_ms=self.key_lifetime_ms,
+                         renew_before_ms=self.key_renew_before_ms, grace_ms=self.key_grace_ms)
 
     def tls_files(self) -> TLSFiles | None:
         """The listener's TLS files, or ``None`` for plain HTTP."""
@@ -176,6 +191,13 @@ class Settings:
         if client_certs != "off" and not (cert and client_ca):
             raise SettingsError("FLEET_CENTRAL_TLS_CLIENT_CERTS needs FLEET_CENTRAL_TLS_CERT, "
                                 "FLEET_CENTRAL_TLS_KEY and FLEET_CENTRAL_TLS_CLIENT_CA")
+        lifetime = parse_lifetime(get("FLEET_CENTRAL_KEY_LIFETIME", "90d"),
+                                  "FLEET_CENTRAL_KEY_LIFETIME")
+        renew = parse_lifetime(get("FLEET_CENTRAL_KEY_RENEW_BEFORE", "30d"),
+                               "FLEET_CENTRAL_KEY_RENEW_BEFORE")
+        grace = parse_lifetime(get("FLEET_CENTRAL_KEY_GRACE", "7d"), "FLEET_CENTRAL_KEY_GRACE")
+        if renew is None:
+            raise SettingsError("FLEET_CENTRAL_KEY_RENEW_BEFORE must be a duration, e.g. 30d")
         meta = get("FLEET_CENTRAL_LOKI_METADATA", "true").lower()
         if meta not in ("true", "false", "1", "0", "yes", "no"):
             raise SettingsError(f"FLEET_CENTRAL_LOKI_METADATA={meta!r} must be true or false")
@@ -199,4 +221,5 @@ class Settings:
             loki_max_age_s=integer("FLEET_CENTRAL_LOKI_MAX_AGE_S", 604800, 0),
             loki_max_ahead_s=integer("FLEET_CENTRAL_LOKI_MAX_AHEAD_S", 600, 0),
             tls_cert=cert, tls_key=key, tls_client_ca=client_ca, tls_client_certs=client_certs,
+            key_lifetime_ms=lifetime, key_renew_before_ms=renew, key_grace_ms=grace or 0,
         )

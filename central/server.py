@@ -16,6 +16,8 @@ from edge_node.sdnotify import sd_notify, watchdog
 from edge_node.tls import ServerTLS, TLSError, serve
 
 from .app import create_app
+from .audit import Audit
+from .keys import KeyPolicy, KeyService
 from .pipeline import Pipeline
 
 log = logging.getLogger("fleet_central.server")
@@ -57,35 +59,50 @@ async def _asyncio_if(needed: bool) -> AsyncIterator[None]:
 
 
 async def run_central(pipeline: Pipeline, listen: str, *, graceful_s: float = 10.0,
-                      tls: ServerTLS | None = None,
+                      tls: ServerTLS | None = None, key_policy: KeyPolicy | None = None,
                       task_status: trio.TaskStatus[CentralHandle] = trio.TASK_STATUS_IGNORED
                       ) -> None:
     """Serve until ``handle.stop()`` (HTTPS with ``tls``); ``task_status.started`` gets the
     handle."""
     async with _asyncio_if(pipeline.needs_asyncio):
-        await _serve(pipeline, listen, graceful_s, tls, task_status)
+        await _serve(pipeline, listen, graceful_s, tls, key_policy or KeyPolicy(), task_status)
 
 
 async def _serve(pipeline: Pipeline, listen: str, graceful_s: float, tls: ServerTLS | None,
-                 task_status: trio.TaskStatus[CentralHandle]) -> None:
+                 key_policy: KeyPolicy, task_status: trio.TaskStatus[CentralHandle]) -> None:
     await pipeline.open()
     try:
         if tls is not None:
             tls.register_metrics(pipeline.registry, "central")
-        app = create_app(pipeline, pipeline.registry, tls=tls)
+        audit = Audit(pipeline.state, pipeline.clock)
+        keys = KeyService(pipeline.state, key_policy, audit, pipeline.clock)
+        app = create_app(pipeline, pipeline.registry, tls=tls, keys=keys)
         hc = HyperConfig()
         hc.graceful_timeout = graceful_s
         hc.accesslog = None
         hc.errorlog = logging.getLogger("fleet_central.http")
         hc.keep_alive_timeout = 75
         hc.keep_alive_max_requests = 1_000_000  # one edge node sends batches for months
-        stop = trio.Event()
+        stop, served = trio.Event(), trio.Event()
+
+        async def serve_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(app, hc, listen=[listen], tls=tls, shutdown_trigger=stop.wait,
+                            task_status=task_status)
+            finally:
+                served.set()
+
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(lambda task_status: serve(
-                app, hc, listen=[listen], tls=tls, shutdown_trigger=stop.wait,
-                task_status=task_status))
+            binds = await nursery.start(serve_http)
             maintenance = trio.CancelScope()
             nursery.start_soon(_maintain, pipeline, maintenance)
+            auditing = trio.CancelScope()
+
+            async def write_audit() -> None:
+                with auditing:
+                    await audit.run()
+
+            nursery.start_soon(write_audit)
             handle = CentralHandle(url=binds[0], pipeline=pipeline, tls=tls)
             log.info("central listening on %s (state: %s, sinks: %s)", binds[0],
                      pipeline.state.name, ", ".join(s.name for s in pipeline.sinks) or "none")
@@ -103,6 +120,8 @@ async def _serve(pipeline: Pipeline, listen: str, graceful_s: float, tls: Server
             watching.cancel()
             maintenance.cancel()
             stop.set()
+            await served.wait()  # the last requests are answered (bounded by graceful_s)
+            auditing.cancel()  # its final flush writes what they left
     finally:
         await pipeline.close()
 

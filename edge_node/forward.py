@@ -39,6 +39,7 @@ import trio
 from .backoff import Backoff, parse_retry_after
 from .bandwidth import Link
 from .buffer import BufferService, PendingSegment
+from .central_key import CentralKey
 from .config import EdgeConfig
 from .errors import BufferFailure
 from .metrics import Registry
@@ -105,6 +106,7 @@ class Forwarder:
         self.client: httpx.AsyncClient
         if client is not None:
             self.client = client
+        self.keys = CentralKey(cfg.data_dir, cfg.central.api_key, registry, clock=clock)
         self.apply(cfg)
         self.connected = False
         self.last_error = ""
@@ -157,6 +159,7 @@ class Forwarder:
                            "metrics": int(c.metrics_max_age_s * 1000),
                            "rollups": int(c.rollups_max_age_s * 1000)}
         self.extensions = {"sni_hostname": c.server_name} if c.server_name else {}
+        self.keys.apply(c.api_key)
         self.refresh_client(cfg)
 
     def refresh_client(self, cfg: EdgeConfig) -> bool:
@@ -303,8 +306,9 @@ class Forwarder:
             buf.release(seg)
 
     async def _send(self, body: bytes, seg: PendingSegment) -> Verdict:
-        headers = {"Authorization": f"Bearer {self.cfg.central.api_key}",
-                   "Content-Type": BATCH_CONTENT_TYPE}
+        key = self.keys.for_request()
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": BATCH_CONTENT_TYPE,
+                   "X-Fleet-Node": self.cfg.node_id, **self.keys.headers()}
         self.m_forwarded.inc(seg.n, seg.kind)
         self.m_bytes.inc(len(body))
         self.m_attempts.inc()
@@ -325,6 +329,7 @@ class Forwarder:
             payload = resp.json()
         except ValueError:
             payload = None
+        await self.keys.answered(key, resp.status_code, payload)  # a rotation step, if any
         verdict = classify(resp.status_code, payload, resp.headers.get("Retry-After"),
                            self.clock())
         self.connected = verdict.action != RETRY

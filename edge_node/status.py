@@ -308,6 +308,7 @@ class StatusService:
             "tls": (node.server_tls.cert.to_json(now) | {"client_certs": cfg.tls.client_certs}
                     if node.server_tls is not None else None),
             "central": {"url": cfg.central.url, "connected": fwd.connected,
+                        "key": fwd.keys.describe(now),
                         "last_error": fwd.last_error or None,
                         "last_ack": fwd.last_ack_s or None},
             "devices": devices[:DEVICES_LISTED],

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge_node.wire import Batch
 
 from ..lease import LeaseTimes
+
+if TYPE_CHECKING:
+    from ..audit import AuditEntry
+    from ..keys import KeyRow
 from ..model import Job, NodeInfo, Pending
 
 
@@ -43,6 +48,20 @@ class StateStore(Protocol):
     async def ready(self) -> bool: ...
 
     async def authenticate(self, key: str) -> NodeInfo | None: ...
+
+    # node keys (central.keys) and the audit log (central.audit)
+    async def lookup_key(self, key_hash: str) -> KeyRow | None: ...
+
+    async def promote_key(self, node_id: str, key_hash: str, now_ms: int, grace_until_ms: int,
+                          expires_ms: int | None, entry: AuditEntry) -> bool: ...
+
+    async def offer_key(self, node_id: str, key_hash: str, now_ms: int,
+                        expires_ms: int | None, entry: AuditEntry) -> None: ...
+
+    async def write_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    async def read_audit(self, since_ms: int, node_id: str, limit: int
+                         ) -> list[AuditEntry]: ...
 
     async def begin(self, node: NodeInfo, batch: Batch, sids: list[int]) -> Pending | None:
         """``None`` when (node, epoch, seq) was applied before; else what applying needs.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -26,18 +26,17 @@ from edge_node.runtime import Clock, Runner, ThreadRunner, clock_ms
 from edge_node.wire import VALUE_KINDS, Batch
 
 from ..alert_rows import alert_events
-from ..errors import RegistryError, SinkUnavailable
+from ..audit import AuditEntry, cli_actor
+from ..errors import SinkUnavailable
+from ..keys import KeyPolicy, KeyRow, decide
 from ..lease import LeaseTimes
 from ..model import Job, NodeInfo, Pending, pending_from
-from .base import hash_key, new_api_key
+from . import sqlite_registry as registry
+from .base import hash_key
 
 T = TypeVar("T")
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY, org TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL, revoked_ms INTEGER, last_seen_ms INTEGER,
-    site TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS series (
     node_id TEXT NOT NULL, epoch TEXT NOT NULL, sid INTEGER NOT NULL, labels TEXT NOT NULL,
     PRIMARY KEY (node_id, epoch, sid)) WITHOUT ROWID;
@@ -116,10 +115,10 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(SCHEMA)
-            for table in ("nodes", "devices"):  # stores made before sites were recorded
-                names = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-                if "site" not in names:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN site TEXT NOT NULL DEFAULT ''")
+            registry.migrate(conn)  # nodes, node_keys, audit_log
+            names = {r[1] for r in conn.execute("PRAGMA table_info(devices)")}
+            if "site" not in names:  # a store made before sites were recorded
+                conn.execute("ALTER TABLE devices ADD COLUMN site TEXT NOT NULL DEFAULT ''")
             self.conn = conn
         return self.conn
 
@@ -143,50 +142,61 @@ class SQLiteStore:
 
     # -- node registry -------------------------------------------------------------------------
 
-    def add_node(self, node_id: str, org: str, site: str = "") -> str:
+    def add_node(self, node_id: str, org: str, site: str = "", *,
+                 expires_ms: int | None = None, actor: str = "") -> str:
         """Register ``node_id`` and return its new API key (only the hash is stored)."""
-        key = new_api_key()
-        conn = self.open_sync()
-        try:
-            conn.execute("INSERT INTO nodes(node_id, org, key_hash, created_ms, site) "
-                         "VALUES (?, ?, ?, ?, ?)",
-                         (node_id, org, hash_key(key), clock_ms(self.clock), site))
-        except sqlite3.IntegrityError:
-            raise RegistryError(f"node {node_id!r} already exists (revoke it first, or "
-                                "use 'nodes rotate')") from None
-        return key
+        now = clock_ms(self.clock)
+        return registry.add_node(self.open_sync(), node_id, org, site, now, expires_ms,
+                                 AuditEntry(now, "node.add", actor or cli_actor(), org,
+                                            node_id, detail={"site": site,
+                                                             "expires_ms": expires_ms}))
 
-    def rotate_key(self, node_id: str) -> str:
-        key = new_api_key()
-        cur = self.open_sync().execute(
-            "UPDATE nodes SET key_hash=?, revoked_ms=NULL WHERE node_id=?",
-            (hash_key(key), node_id))
-        if cur.rowcount == 0:
-            raise RegistryError(f"node {node_id!r} is not registered")
-        return key
+    def rotate_key(self, node_id: str, *, grace_ms: int | None = 0,
+                   expires_ms: int | None = None, actor: str = "") -> str:
+        """A new key for ``node_id``; the old one works ``grace_ms`` longer (``None``: not
+        at all)."""
+        now = clock_ms(self.clock)
+        until = None if grace_ms is None else now + grace_ms
+        return registry.rotate_key(self.open_sync(), node_id, now, until, expires_ms,
+                                   AuditEntry(now, "node.rotate", actor or cli_actor(),
+                                              node_id=node_id,
+                                              detail={"old_key_until_ms": until,
+                                                      "expires_ms": expires_ms}))
 
-    def revoke_node(self, node_id: str) -> None:
-        cur = self.open_sync().execute(
-            "UPDATE nodes SET revoked_ms=? WHERE node_id=? AND revoked_ms IS NULL",
-            (clock_ms(self.clock), node_id))
-        if cur.rowcount == 0:
-            raise RegistryError(f"node {node_id!r} is not registered or already revoked")
+    def revoke_node(self, node_id: str, *, actor: str = "") -> None:
+        now = clock_ms(self.clock)
+        registry.revoke_node(self.open_sync(), node_id, now,
+                             AuditEntry(now, "node.revoke", actor or cli_actor(),
+                                        node_id=node_id))
 
     def list_nodes(self) -> list[dict[str, object]]:
-        cols = ("node_id", "org", "site", "created_ms", "revoked_ms", "last_seen_ms")
-        return [dict(zip(cols, r, strict=True)) for r in self.open_sync().execute(
-            f"SELECT {', '.join(cols)} FROM nodes ORDER BY node_id")]
+        return registry.list_nodes(self.open_sync())
+
+    async def lookup_key(self, key_hash: str) -> KeyRow | None:
+        return await self.runner(lambda: registry.lookup_key(self.open_sync(), key_hash))
 
     async def authenticate(self, key: str) -> NodeInfo | None:
-        def lookup() -> NodeInfo | None:
-            row = self.open_sync().execute(
-                "SELECT node_id, org, created_ms, revoked_ms, site FROM nodes WHERE key_hash=?",
-                (hash_key(key),)).fetchone()
-            if row is None or row[3] is not None:
-                return None
-            return NodeInfo(node_id=row[0], org=row[1], created_ms=row[2], site=row[4])
+        """The node of ``key`` if it is accepted now (the policy-free check of tests and
+        tools; the batch endpoint goes through :class:`~central.keys.KeyService`)."""
+        return decide(await self.lookup_key(hash_key(key)), clock_ms(self.clock),
+                      KeyPolicy()).node
 
-        return await self.runner(lookup)
+    async def promote_key(self, node_id: str, key_hash: str, now_ms: int, grace_until_ms: int,
+                          expires_ms: int | None, entry: AuditEntry) -> bool:
+        return await self._run(registry.promote_key, self.open_sync(), node_id, key_hash,
+                               now_ms, grace_until_ms, expires_ms, entry)
+
+    async def offer_key(self, node_id: str, key_hash: str, now_ms: int,
+                        expires_ms: int | None, entry: AuditEntry) -> None:
+        await self._run(registry.offer_key, self.open_sync(), node_id, key_hash, now_ms,
+                        expires_ms, entry)
+
+    async def write_audit(self, entries: Sequence[AuditEntry]) -> None:
+        await self._run(registry.write_audit, self.open_sync(), entries)
+
+    async def read_audit(self, since_ms: int, node_id: str, limit: int) -> list[AuditEntry]:
+        return await self.runner(registry.read_audit, self.open_sync(), since_ms, node_id,
+                                 limit)
 
     # -- applying batches (the StateStore protocol) --------------------------------------------
 

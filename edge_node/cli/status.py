@@ -30,9 +30,22 @@ def status(args: argparse.Namespace) -> int:
     for skew in doc.get("clock_skew", []):
         print(f"clock     device {skew['device']}: off by {skew['offset_s']:+,.0f} s "
               f"(policy {skew['policy']})")
+    for warning in doc.get("warnings", []):
+        print(f"WARNING   {warning}")
     c = doc["central"]
     print(f"central   {c['url']}: " + ("connected" if c["connected"] else
                                        f"unreachable ({c['last_error'] or 'no exchange yet'})"))
+    k = c.get("key")
+    if k:
+        print(f"key       {k['fingerprint']} ({k['source']}), "
+              + (f"expires {k['expires']} (in {k['expires_in_days']:,.0f} days)"
+                 if k["expires"] else "expiry not known yet")
+              + (f", {k['age_days']:,.0f} days old" if k["age_days"] is not None else "")
+              + (", next key offered, switching" if k["next_key_pending"] else ""))
+    t = doc.get("tls")
+    if t:
+        print(f"tls       listener certificate {t['subject']}, expires {t['not_after']} "
+              f"(in {t['expires_in_days']:,.0f} days), client certificates {t['client_certs']}")
     b, f = doc["buffer"], doc["forward"]
     ratio = b["bytes"] / max(1, b["budget_bytes"])
     print(f"buffer    {b['bytes'] / 1e6:,.1f} MB of {b['budget_bytes'] / 1e6:,.0f} MB "

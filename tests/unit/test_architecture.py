@@ -17,11 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("edge_node", "central", "fleetd_demo")
 #: what central may use from edge_node: the wire protocol, the model it carries, how rollup
 #: outputs are named, and the few shared utilities (metrics registry, sd_notify, process
-#: helpers, errors, durations and timestamps, the clock seam)
+#: helpers, errors, durations and timestamps, the clock seam, the TLS listener and contexts)
 CENTRAL_MAY_IMPORT = frozenset({
     "edge_node", "edge_node.wire", "edge_node.model", "edge_node.metrics", "edge_node.sdnotify",
     "edge_node.process", "edge_node.errors", "edge_node.runtime", "edge_node.durations",
-    "edge_node.rollup_names",
+    "edge_node.rollup_names", "edge_node.tls",
 })
 MAX_LINES = 500
 

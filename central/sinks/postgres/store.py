@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -23,13 +23,15 @@ import trio_asyncio
 from edge_node.runtime import Clock, clock_ms
 from edge_node.wire import Batch
 
+from ...audit import AuditEntry, cli_actor
 from ...errors import SchemaOutdated, SinkUnavailable
+from ...keys import KeyPolicy, KeyRow, decide
 from ...lease import LeaseTimes, claim_polling, holder_token
 from ...model import DAY_MS, Job, NodeInfo, Pending, pending_from
-from . import leases
+from ..base import hash_key
+from . import leases, registry
 from .batches import insert_mark, lookup, prepare, write_commit
 from .partitions import drop_expired, ensure_partitions
-from .registry import insert_node, mark_revoked, select_by_key, select_nodes, update_key
 from .schema import LATEST, apply_migrations, partitioning, schema_version
 
 T = TypeVar("T")
@@ -141,26 +143,67 @@ class PostgresStore:
         """Apply every missing migration, each in its own transaction; returns their names."""
         conn = await self._connect()
         try:
-            return await self._aio(apply_migrations, conn, self.chunk_s, self.retention_days)
+            done: list[str] = await self._aio(apply_migrations, conn, self.chunk_s,
+                                              self.retention_days)
+            if done:
+                entry = AuditEntry(clock_ms(self.clock), "migrate", cli_actor(),
+                                   detail={"applied": done, "backend": "postgresql"})
+                await self._aio(registry._audit, conn, [entry])
+            return done
         finally:
             await self._aio(conn.close)
 
     # -- node registry -------------------------------------------------------------------------
 
-    async def add_node(self, node_id: str, org: str, site: str = "") -> str:
-        return await insert_node(self._once, node_id, org, site, clock_ms(self.clock))
+    async def add_node(self, node_id: str, org: str, site: str = "", *,
+                       expires_ms: int | None = None, actor: str = "") -> str:
+        now = clock_ms(self.clock)
+        return await registry.insert_node(
+            self._once, node_id, org, site, now, expires_ms,
+            AuditEntry(now, "node.add", actor or cli_actor(), org, node_id,
+                       detail={"site": site, "expires_ms": expires_ms}))
 
-    async def rotate_key(self, node_id: str) -> str:
-        return await update_key(self._once, node_id)
+    async def rotate_key(self, node_id: str, *, grace_ms: int | None = 0,
+                         expires_ms: int | None = None, actor: str = "") -> str:
+        now = clock_ms(self.clock)
+        until = None if grace_ms is None else now + grace_ms
+        return await registry.rotate_key(
+            self._once, node_id, now, until, expires_ms,
+            AuditEntry(now, "node.rotate", actor or cli_actor(), node_id=node_id,
+                       detail={"old_key_until_ms": until, "expires_ms": expires_ms}))
 
-    async def revoke_node(self, node_id: str) -> None:
-        await mark_revoked(self._once, node_id, clock_ms(self.clock))
+    async def revoke_node(self, node_id: str, *, actor: str = "") -> None:
+        now = clock_ms(self.clock)
+        await registry.mark_revoked(self._once, node_id, now,
+                                    AuditEntry(now, "node.revoke", actor or cli_actor(),
+                                               node_id=node_id))
 
     async def list_nodes(self) -> list[dict[str, object]]:
-        return await select_nodes(self._once)
+        return await registry.select_nodes(self._once)
+
+    async def lookup_key(self, key_hash: str) -> KeyRow | None:
+        return await registry.select_key(self._with_conn, key_hash)
 
     async def authenticate(self, key: str) -> NodeInfo | None:
-        return await select_by_key(self._with_conn, key)
+        """The node of ``key`` if it is accepted now (the policy-free check of tests and
+        tools; the batch endpoint goes through :class:`~central.keys.KeyService`)."""
+        return decide(await self.lookup_key(hash_key(key)), clock_ms(self.clock),
+                      KeyPolicy()).node
+
+    async def promote_key(self, node_id: str, key_hash: str, now_ms: int, grace_until_ms: int,
+                          expires_ms: int | None, entry: AuditEntry) -> bool:
+        return await registry.promote(self._with_conn, node_id, key_hash, now_ms,
+                                      grace_until_ms, expires_ms, entry)
+
+    async def offer_key(self, node_id: str, key_hash: str, now_ms: int,
+                        expires_ms: int | None, entry: AuditEntry) -> None:
+        await registry.offer(self._with_conn, node_id, key_hash, now_ms, expires_ms, entry)
+
+    async def write_audit(self, entries: Sequence[AuditEntry]) -> None:
+        await registry.write_audit(self._once, entries)
+
+    async def read_audit(self, since_ms: int, node_id: str, limit: int) -> list[AuditEntry]:
+        return await registry.read_audit(self._once, since_ms, node_id, limit)
 
     # -- applying batches (the StateStore protocol) --------------------------------------------
 
