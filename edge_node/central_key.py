@@ -137,7 +137,7 @@ class CentralKey:
                 log.warning("central refused the offered key %s (%s); back to key %s",
                             fingerprint(used), _error(body), fingerprint(st.current))
                 st.next = None
-                await self._save()
+                await self._save()  # best effort: a stale next key is refused again anyway
                 return
             if not 200 <= status < 300 or not isinstance(body, dict):
                 return
@@ -147,6 +147,8 @@ class CentralKey:
                 st.rotated_ms = int(self.clock() * 1000)
                 self.rotations += 1
                 self._learn(info)
+                # if this write fails, a restart reads current=old, next=new: it tries the
+                # new key first, and the old one works through central's grace period
                 await self._save()
                 log.info("central confirmed key %s: the node sends with it from now on "
                          "(expires %s)", fingerprint(used), _day(st.expires_ms))
@@ -157,7 +159,9 @@ class CentralKey:
             offered = body.get("next_key")
             if isinstance(offered, str) and offered and offered != st.current:
                 st.next = offered
-                await self._save()  # durable before the first batch is sent with it
+                if not await self._save():  # durable before a batch is sent with it
+                    st.next = None  # not used: central offers it again (a new one)
+                    return
                 log.info("central offered key %s (the current one expires %s); switching",
                          fingerprint(offered), _day(st.expires_ms))
             elif changed:  # the expiry to show after a restart too
@@ -174,9 +178,15 @@ class CentralKey:
         self.state.created_ms, self.state.expires_ms = got
         return True
 
-    async def _save(self) -> None:
+    async def _save(self) -> bool:
+        """Write the state; False (logged) when the disk refuses (full, read-only)."""
         text = json.dumps(asdict(self.state), indent=1) + "\n"
-        await trio.to_thread.run_sync(_write_private, self.path, text)
+        try:
+            await trio.to_thread.run_sync(_write_private, self.path, text)
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.path, exc)
+            return False
+        return True
 
     def describe(self, now_s: float) -> dict[str, Any]:
         """For the status document (never the key itself)."""

@@ -157,12 +157,16 @@ class Peer:
         return self.common_name or (self.names[0] if self.names else "")
 
 
+_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+          "countryName": "C", "localityName": "L", "stateOrProvinceName": "ST"}
+
+
 def _peer_of(cert: dict[str, Any]) -> Peer:
     rdns = [dict(rdn) for rdn in cert.get("subject", ())]
     cn = next((r["commonName"] for r in rdns if "commonName" in r), "")
     names = [cn] if cn else []
     names += [v for k, v in cert.get("subjectAltName", ()) if k in ("DNS", "URI")]
-    subject = ",".join(f"{k}={v}" for r in rdns for k, v in r.items())
+    subject = ",".join(f"{_SHORT.get(k, k)}={v}" for r in rdns for k, v in r.items())
     return Peer(common_name=cn, names=tuple(dict.fromkeys(names)), subject=subject)
 
 

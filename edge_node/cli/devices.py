@@ -9,7 +9,7 @@ import sys
 import httpx
 
 from .format import fmt_utc, print_table
-from .node_client import load_config, node_json, node_url
+from .node_client import load_config, node_client, node_json, unreachable
 
 
 def devices(args: argparse.Namespace) -> int:
@@ -33,15 +33,15 @@ def devices(args: argparse.Namespace) -> int:
         if not args.names:
             print("fleet-edge devices forget: name the devices", file=sys.stderr)
             return 2
-        base = node_url(args)
+        client = node_client(args)
+        if client is None:
+            return 2
         bad = 0
         for name in args.names:
             try:
-                r = httpx.post(f"{base}/api/v1/devices/forget", json={"device": name},
-                               timeout=30)
+                r = client.post("/api/v1/devices/forget", json={"device": name}, timeout=30)
             except httpx.HTTPError as exc:
-                print(f"fleet-edge devices: cannot reach the node at {base}: {exc}",
-                      file=sys.stderr)
+                print(unreachable(args, client, exc), file=sys.stderr)
                 return 1
             if r.status_code == 200:
                 print(f"forgot {name} (last seen {fmt_utc(r.json()['last_seen_ms'])} UTC)")

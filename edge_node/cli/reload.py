@@ -16,7 +16,7 @@ import psutil
 
 from ..config import EdgeConfig
 from ..errors import ConfigError
-from .node_client import node_url
+from .node_client import node_client
 
 
 def reload_node(args: argparse.Namespace) -> int:
@@ -47,11 +47,11 @@ def reload_node(args: argparse.Namespace) -> int:
         print(f"fleet-edge reload: no running node ({pidfile} missing or stale); "
               "under systemd: systemctl reload fleet-edge", file=sys.stderr)
         return 1
-    base = node_url(args)
-    assert base is not None  # --config is required
+    client = node_client(args)
+    assert client is not None  # --config is required
 
     def last() -> Any:
-        return httpx.get(f"{base}/api/v1/status", timeout=10).json()["last_reload"]
+        return client.get("/api/v1/status").json()["last_reload"]
 
     try:
         before = last()
@@ -68,7 +68,8 @@ def reload_node(args: argparse.Namespace) -> int:
               "root)", file=sys.stderr)
         return 1
     except (httpx.HTTPError, ValueError, KeyError) as exc:
-        print(f"fleet-edge reload: signalled pid {pid} but cannot read its status at {base}: "
+        print(f"fleet-edge reload: signalled pid {pid} but cannot read its status at "
+              f"{client.base_url}: "
               f"{exc}", file=sys.stderr)
         return 1
     if not now["ok"]:

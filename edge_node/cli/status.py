@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from .format import fmt_duration, fmt_rate, fmt_utc
-from .node_client import node_json, node_url
+from .node_client import node_client, node_json
 
 
 def status(args: argparse.Namespace) -> int:
@@ -92,7 +92,9 @@ def status(args: argparse.Namespace) -> int:
 def _watch_drain(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     """Follow the backlog until it is drained: rows forwarded of those waiting at the start,
     the rate over the last interval and the time left at that rate."""
-    base = node_url(args)
+    client = node_client(args)
+    assert client is not None  # the first document came through it
+    base = client.base_url
     start = doc["buffer"]["pending_rows"]
     acked0 = last_acked = doc["forward"]["acked_total"]
     t_last = time.monotonic()
@@ -116,7 +118,7 @@ def _watch_drain(args: argparse.Namespace, doc: dict[str, Any]) -> int:
                 print("\nbacklog drained" if tty else "backlog drained")
                 return 0
             time.sleep(args.watch)
-            doc = httpx.get(f"{base}/api/v1/status", timeout=10).json()
+            doc = client.get("/api/v1/status").json()
     except KeyboardInterrupt:
         print()
         return 130

@@ -309,7 +309,9 @@ class EdgeConfig:
             out.append(f"central.url {url!r} is plain http: the node's API key and all its "
                        "data cross the network unencrypted; use https:// (see the README's "
                        "Security section)")
-        if self.tls.plain_listen and not self.ingest.tokens_file:
+        plain_host = self.tls.plain_listen.rpartition(":")[0].strip("[]")
+        if self.tls.plain_listen and not self.ingest.tokens_file and \
+                plain_host not in ("localhost", "::1") and not plain_host.startswith("127."):
             out.append(f"tls.plain_listen {self.tls.plain_listen!r} takes data from anyone "
                        "who can reach it: set ingest.tokens_file to require device tokens "
                        "there")

@@ -6,6 +6,7 @@ accepts, as long as it keeps talking to central."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,27 @@ def test_any_crashes_leave_a_working_key(tmp_path_factory: pytest.TempPathFactor
             assert w.edge.state.current != w.first, steps
 
     trio.run(run)
+
+
+async def test_an_offer_that_cannot_be_stored_is_not_used(tmp_path: Path) -> None:
+    """A full disk (or a read-only one) when central offers the next key: the node keeps the
+    current one, does not crash, and takes the offer made again once it can store it."""
+    w = World(tmp_path)
+    w.now += 70
+    w.edge_dir.chmod(0o500)  # the key file cannot be written
+    try:
+        if os.geteuid() == 0:  # root writes anyway: make the file a directory instead
+            (w.edge_dir / "central-key.json.tmp").mkdir()
+        assert await w.exchange() == 200
+        assert w.edge.state.next is None
+        assert w.edge.for_request() == w.first
+    finally:
+        w.edge_dir.chmod(0o700)
+        tmp = w.edge_dir / "central-key.json.tmp"
+        if tmp.is_dir():
+            tmp.rmdir()
+    w.now += 6
+    assert await w.exchange() == 200  # offered again, stored this time
+    assert w.edge.state.next is not None
+    assert await w.exchange() == 200
+    assert w.edge.state.current != w.first

@@ -125,7 +125,11 @@ async def test_status_page_renders_offline_in_chromium(tmp_path: Path, central: 
         for dev in ("pump-1", "cam-2", "edge-1"):
             assert f"{dev} plant-7 online" in text or f"{dev} online" in text, dev
         assert "PumpHot" in text and "firing" in text
-        assert re.search(r"Alerts firing\s+2\s+0 pending", text), text[:600]
+        # both devices' PumpHot; a built-in alert may fire too on a loaded box (e.g. the
+        # ingest rate dropping when the posts stop), so the card counts at least these
+        assert text.count("firing PumpHot") == 2, text
+        m = re.search(r"Alerts firing\s+(\d+)\s+0 pending", text)
+        assert m is not None and int(m.group(1)) >= 2, text[:600]
         assert "native" in text  # ingest by protocol
         assert "Gateway CPU" in text and "Memory used" in text
         assert "meter-9 2.0 d ahead correct" in text, text[-800:]  # the clocks table

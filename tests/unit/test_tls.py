@@ -99,7 +99,7 @@ def test_peer_identity_is_the_common_name_else_the_first_name() -> None:
             "subjectAltName": (("DNS", "pump-7.plant"), ("IP Address", "10.0.0.7"))}
     peer = _peer_of(cert)
     assert peer.identity == "pump-7" and peer.names == ("pump-7", "pump-7.plant")
-    assert peer.subject == "organizationName=acme,commonName=pump-7"
+    assert peer.subject == "O=acme,CN=pump-7"
     no_cn = _peer_of({"subject": (), "subjectAltName": (("URI", "spiffe://acme/edge-1"),)})
     assert no_cn.identity == "spiffe://acme/edge-1"
 
