@@ -3,6 +3,7 @@ printed answers checked: a walkthrough that stops pasting is a failing test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -39,10 +40,8 @@ def run_block(script: str, timeout: float = 180) -> str:
         out, _ = proc.communicate()
         raise AssertionError(f"the walkthrough did not finish in {timeout} s:\n{out}") from None
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return out
 
 
