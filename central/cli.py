@@ -29,6 +29,7 @@ from edge_node.tls import ServerTLS, TLSError, split_listen
 from .audit import AuditEntry, cli_actor
 from .backends import build_pipeline, clickhouse, state_store
 from .config import BACKEND_VARS, TUNING, Settings
+from .deletion import delete_everywhere
 from .errors import CentralError, RegistryError, SchemaOutdated, SettingsError, SinkUnavailable
 from .keys import parse_lifetime
 from .server import CentralHandle, run_central
@@ -97,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--expires", metavar="DURATION", help="the new key's life (default "
                      "FLEET_CENTRAL_KEY_LIFETIME)")
     _add_data_dir(rot)
+    devices = sub.add_parser("devices", help="the right to deletion: remove a device's data")
+    dsub = devices.add_subparsers(dest="devices_cmd", required=True, metavar="ACTION")
+    dele = dsub.add_parser("delete", help="delete one device's data from every backend it "
+                           "reached (PostgreSQL or the embedded store, VictoriaMetrics, Loki, "
+                           "ClickHouse, Valkey); audit-logged; safe to run again")
+    dele.add_argument("device")
+    dele.add_argument("--org", required=True, help="the device's organisation")
+    dele.add_argument("--yes", action="store_true", help="do not ask (needed without a "
+                                                         "terminal)")
+    dele.add_argument("--json", action="store_true", help="the report as JSON")
+    _add_data_dir(dele)
     audit = sub.add_parser("audit", help="read the audit log: admin actions, key rotations, "
                                          "migrations, deletions, refused keys")
     audit.add_argument("--since", default="24h", metavar="DURATION",
@@ -133,6 +145,43 @@ async def _reload_on_sighup(handle: CentralHandle) -> None:
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             handle.reload_tls()
+
+
+def _confirmed(args: argparse.Namespace) -> bool:
+    if not sys.stdin.isatty():
+        print("fleet-central devices delete: deletion cannot be undone; add --yes to confirm "
+              "without a terminal", file=sys.stderr)
+        return False
+    answer = input(f"delete every trace of device {args.device!r} of organisation "
+                   f"{args.org!r} from every backend? type the device name to confirm: ")
+    if answer.strip() != args.device:
+        print("not confirmed; nothing deleted", file=sys.stderr)
+        return False
+    return True
+
+
+async def _delete_device(args: argparse.Namespace, settings: Settings, code: list[int]
+                         ) -> None:
+    pipeline = build_pipeline(settings, args.data_dir)
+    async with trio_asyncio.open_loop():
+        await pipeline.open()
+        try:
+            outcomes = await delete_everywhere(pipeline.state, list(pipeline.sinks), args.org,
+                                               args.device, cli_actor())
+        finally:
+            await pipeline.close()
+    if args.json:
+        print(json.dumps({"org": args.org, "device": args.device,
+                          "backends": [o.to_json() for o in outcomes]}, indent=2))
+    else:
+        print(f"device {args.device!r} of organisation {args.org!r}:")
+        for o in outcomes:
+            print(f"  {o.line()}")
+    failed = [o.backend for o in outcomes if o.error]
+    if failed:
+        print(f"fleet-central: not deleted from {', '.join(failed)}; fix that and run the same "
+              "command again (it is safe to repeat)", file=sys.stderr)
+        code[0] = 1
 
 
 async def _audit_migration(settings: Settings, args: argparse.Namespace,
@@ -287,6 +336,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.cmd == "migrate":
         return run_reporting(_migrate, settings, args, expected=expected,
                              prefix="fleet-central")
+    if args.cmd == "devices":
+        if not args.yes and not _confirmed(args):
+            return 1
+        code = [0]
+        got = run_reporting(_delete_device, args, settings, code, expected=expected,
+                            prefix="fleet-central")
+        return got or code[0]
     return run_reporting(_nodes, args, settings, expected=expected, prefix="fleet-central")
 
 

@@ -40,6 +40,7 @@ class RegistryError(CentralError):
 class SinkRejected(CentralError):
     def __init__(self, sink: str, message: str) -> None:
         self.sink = sink
+        self.reason = message
         super().__init__(f"{sink} refused the batch: {message}")
 
 

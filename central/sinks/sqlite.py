@@ -194,6 +194,11 @@ class SQLiteStore:
     async def write_audit(self, entries: Sequence[AuditEntry]) -> None:
         await self._run(registry.write_audit, self.open_sync(), entries)
 
+    async def delete_device(self, org: str, device: str) -> dict[str, int]:
+        """The right to deletion (:mod:`central.deletion`): the device's rows, counted."""
+        self._dict_cache.clear()  # its definitions go too
+        return await self._run(registry.delete_device, self.open_sync(), org, device)
+
     async def read_audit(self, since_ms: int, node_id: str, limit: int) -> list[AuditEntry]:
         return await self.runner(registry.read_audit, self.open_sync(), since_ms, node_id,
                                  limit)

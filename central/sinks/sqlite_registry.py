@@ -211,3 +211,31 @@ def read_audit(conn: sqlite3.Connection, since_ms: int, node_id: str, limit: int
         (since_ms, node_id, node_id, limit)).fetchall()
     return [AuditEntry(at_ms=r[0], action=r[1], actor=r[2], org=r[3], node_id=r[4],
                        source=r[5], detail=json.loads(r[6])) for r in reversed(rows)]
+
+
+def delete_device(conn: sqlite3.Connection, org: str, device: str) -> dict[str, int]:
+    """Every row of ``device`` of ``org``: registry, heartbeats, samples, rollups, log lines,
+    alert events and its series definitions, in one transaction; counts per table."""
+    counts: dict[str, int] = {}
+    with _Tx(conn):
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (node_id TEXT, epoch TEXT, "
+                     "sid INTEGER, PRIMARY KEY (node_id, epoch, sid)) WITHOUT ROWID")
+        conn.execute("DELETE FROM doomed")
+        conn.execute("INSERT INTO doomed SELECT s.node_id, s.epoch, s.sid FROM series s JOIN "
+                     "nodes n ON n.node_id = s.node_id WHERE n.org = ? AND "
+                     "json_extract(s.labels, '$.device') = ?", (org, device))
+        for table in ("samples", "rollups", "logs", "series"):
+            counts[table] = conn.execute(
+                f"DELETE FROM {table} WHERE (node_id, epoch, sid) IN "
+                "(SELECT node_id, epoch, sid FROM doomed)").rowcount
+        nodes = "(SELECT node_id FROM nodes WHERE org = ?)"
+        counts["heartbeats"] = conn.execute(
+            f"DELETE FROM heartbeats WHERE device = ? AND node_id IN {nodes}",
+            (device, org)).rowcount
+        counts["alert_events"] = conn.execute(
+            f"DELETE FROM alert_events WHERE device = ? AND node_id IN {nodes}",
+            (device, org)).rowcount
+        counts["devices"] = conn.execute("DELETE FROM devices WHERE org = ? AND device = ?",
+                                         (org, device)).rowcount
+        conn.execute("DELETE FROM doomed")
+    return counts

@@ -154,3 +154,23 @@ class ValkeySink:
                 await pipe.execute()
 
         await self._call(mark, self.client)
+
+    # -- the right to deletion (central.deletion) ----------------------------------------------
+
+    async def delete_device(self, org: str, device: str) -> int:
+        """Remove the device's online key, last-seen field and latest values; the count."""
+        assert self.client is not None
+        client = self.client
+
+        async def run() -> int:
+            n = int(await client.hdel(f"fleetd:{org}:last_seen", device))
+            n += int(await client.delete(f"fleetd:{org}:online:{device}"))
+            async for key in client.scan_iter(match=f"fleetd:{org}:latest:*", count=500):
+                gone = [f async for f, _ in client.hscan_iter(key, count=1000)
+                        if json.loads(f).get("device") == device]
+                for i in range(0, len(gone), 1000):
+                    n += int(await client.hdel(key, *gone[i:i + 1000]))
+            return n
+
+        got: int = await self._call(run)
+        return got

@@ -195,3 +195,27 @@ async def read_audit(run: OnConnection, since_ms: int, node_id: str, limit: int
     return [AuditEntry(at_ms=r["at_ms"], action=r["action"], actor=r["actor"], org=r["org"],
                        node_id=r["node_id"], source=r["source"],
                        detail=json.loads(r["detail"])) for r in reversed(rows)]
+
+
+async def delete_device(run: OnConnection, org: str, device: str) -> dict[str, int]:
+    """Every row of ``device`` of ``org``: registry, status history, samples and log lines kept
+    here, alert events and its series definitions, in one transaction; counts per table."""
+    def n(status: str) -> int:
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def delete(conn: asyncpg.Connection) -> dict[str, int]:
+        out: dict[str, int] = {}
+        async with conn.transaction():
+            for table in ("samples", "logs"):
+                out[table] = n(await conn.execute(
+                    f"DELETE FROM {table} t USING series r WHERE r.org = $1 AND "
+                    "r.labels ->> 'device' = $2 AND t.node_id = r.node_id AND "
+                    "t.epoch = r.epoch AND t.sid = r.sid", org, device))
+            out["series"] = n(await conn.execute(
+                "DELETE FROM series WHERE org = $1 AND labels ->> 'device' = $2", org, device))
+            for table in ("device_status", "alert_events", "devices"):
+                out[table] = n(await conn.execute(
+                    f"DELETE FROM {table} WHERE org = $1 AND device = $2", org, device))
+        return out
+
+    return await run(delete)

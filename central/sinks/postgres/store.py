@@ -202,6 +202,11 @@ class PostgresStore:
     async def write_audit(self, entries: Sequence[AuditEntry]) -> None:
         await registry.write_audit(self._once, entries)
 
+    async def delete_device(self, org: str, device: str) -> dict[str, int]:
+        """The right to deletion (:mod:`central.deletion`): the device's rows, counted."""
+        self._dict_cache.clear()  # its definitions go too
+        return await registry.delete_device(self._once, org, device)
+
     async def read_audit(self, since_ms: int, node_id: str, limit: int) -> list[AuditEntry]:
         return await registry.read_audit(self._once, since_ms, node_id, limit)
 
