@@ -34,6 +34,7 @@ from .errors import CentralError, RegistryError, SchemaOutdated, SettingsError, 
 from .keys import parse_lifetime
 from .server import CentralHandle, run_central
 from .sinks.postgres import PostgresStore
+from .vmauth import vmauth_config
 
 DEFAULT_DATA_DIR = "./fleet-central-data"
 
@@ -109,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "terminal)")
     dele.add_argument("--json", action="store_true", help="the report as JSON")
     _add_data_dir(dele)
+    vma = sub.add_parser("vmauth-config", help="write a vmauth config: one user per "
+                         "organisation, its queries limited to its own series")
+    vma.add_argument("--org", action="append", default=[], metavar="ORG",
+                     help="an organisation (repeat; default: every one with a node)")
+    vma.add_argument("--vm-url", default="", help="the VictoriaMetrics vmauth forwards to "
+                                                  "(default VICTORIA_METRICS_URL)")
+    vma.add_argument("--out", metavar="FILE", help="write it here (mode 0600) instead of "
+                                                   "printing it")
+    _add_data_dir(vma)
     audit = sub.add_parser("audit", help="read the audit log: admin actions, key rotations, "
                                          "migrations, deletions, refused keys")
     audit.add_argument("--since", default="24h", metavar="DURATION",
@@ -241,6 +251,9 @@ async def _nodes_cmd(args: argparse.Namespace, store: object, settings: Settings
     if args.cmd == "audit":
         await _audit_cmd(args, call)
         return
+    if args.cmd == "vmauth-config":
+        await _vmauth_cmd(args, call, settings)
+        return
     if args.nodes_cmd == "add":
         expires = _expiry(args.expires, settings)
         key = await call("add_node", args.node_id, args.org, args.site, expires_ms=expires)
@@ -297,6 +310,32 @@ def _expiry(text: str | None, settings: Settings) -> int | None:
     """The expiry (epoch ms) of a key made now with life ``text`` (or the setting's)."""
     life = settings.key_lifetime_ms if text is None else parse_lifetime(text, "--expires")
     return None if life is None else int(time.time() * 1000) + life
+
+
+async def _vmauth_cmd(args: argparse.Namespace, call: Callable[..., Awaitable[object]],
+                      settings: Settings) -> None:
+    url = args.vm_url or settings.victoria_metrics_url
+    if not url:
+        raise SettingsError("vmauth-config needs VICTORIA_METRICS_URL (or --vm-url)")
+    if "/insert/" in url:
+        raise SettingsError("a VictoriaMetrics cluster has tenants of its own (accountIDs): "
+                            "vmauth-config is for the single-node server")
+    orgs = args.org
+    if not orgs:
+        rows = await call("list_nodes")
+        assert isinstance(rows, list)
+        orgs = sorted({str(r["org"]) for r in rows})
+    if not orgs:
+        raise SettingsError("no organisation has a node yet: register one or pass --org")
+    text, _ = vmauth_config(url.split("/api/")[0], orgs)
+    if args.out:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out} (mode 0600): users {', '.join(sorted(set(orgs)))}; run "
+              f"vmauth -auth.config={args.out}")
+    else:
+        print(text, end="")
 
 
 async def _audit_cmd(args: argparse.Namespace, call: Callable[..., Awaitable[object]]
