@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import trio
 
+from edge_node.durations import format_rfc3339_ms
 from edge_node.runtime import Clock, clock_ms
 
 log = logging.getLogger("fleet_central.audit")
@@ -41,8 +42,7 @@ class AuditEntry:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.at_ms / 1000)) + \
-            f".{self.at_ms % 1000:03d}Z"
+        out["at"] = format_rfc3339_ms(self.at_ms)
         return out
 
 

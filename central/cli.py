@@ -24,7 +24,7 @@ import trio_asyncio
 from edge_node import __version__
 from edge_node.durations import parse_duration
 from edge_node.process import cli_exit, quiet_libraries, run_reporting, stop_on_signal, tune_gc
-from edge_node.tls import ServerTLS, TLSError, split_listen
+from edge_node.tls import ServerTLS, TLSError, is_loopback_host, split_listen
 
 from .audit import AuditEntry, cli_actor
 from .backends import build_pipeline, clickhouse, state_store
@@ -138,8 +138,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> None:
     pipeline = build_pipeline(settings, args.data_dir)
     log = logging.getLogger("fleet_central")
     log.info("routing: %s", settings.describe())
-    host = split_listen(args.listen)[0]
-    if tls is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if tls is None and not is_loopback_host(split_listen(args.listen)[0]):
         log.warning("serving plain HTTP on %s: node keys and data cross the network "
                     "unencrypted; set FLEET_CENTRAL_TLS_CERT and FLEET_CENTRAL_TLS_KEY (or "
                     "terminate TLS in front of central)", args.listen)

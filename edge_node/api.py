@@ -12,7 +12,6 @@ aggregation stage.
 from __future__ import annotations
 
 import importlib.resources
-import ipaddress
 import json
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +23,7 @@ from . import __version__
 from .config import EdgeConfig
 from .ingest import _JSON_HEADERS, IngestHandler, Receive, Scope, Send
 from .metrics import CONTENT_TYPE, Registry
+from .tls import is_loopback_host
 
 if TYPE_CHECKING:
     from .aggregate.roll_stage import RollupStage
@@ -71,13 +71,6 @@ class EdgeApp:
 #: the status page: one self-contained file (no external assets) shipped in the package
 STATUS_PAGE = importlib.resources.files(__package__).joinpath(
     "static/status.html").read_text(encoding="utf-8")
-
-
-def _loopback(addr: str | None) -> bool:
-    try:
-        return addr is not None and ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return False
 
 
 def create_app(node: NodeView) -> EdgeApp:
@@ -131,7 +124,7 @@ def create_app(node: NodeView) -> EdgeApp:
     @app.post("/api/v1/devices/forget")
     async def forget_device() -> Response:
         # changes state: only from the gateway itself (fleet-edge devices forget)
-        if not _loopback(request.remote_addr):
+        if not (request.remote_addr and is_loopback_host(request.remote_addr)):
             return as_json({"error": "only accepted from the gateway itself (127.0.0.1 or "
                                      "::1): use fleet-edge devices forget"}, 403)
         body = await request.get_json(force=True, silent=True)

@@ -17,6 +17,7 @@ which turns a failed connection into the certificate problem it was, with what t
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import ssl
 import time
@@ -316,6 +317,16 @@ class _TLSListener(trio.abc.Listener[_PeerStream]):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): reachable from this box only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -14,7 +14,7 @@ import httpx
 
 from ..config import EdgeConfig
 from ..errors import ConfigError
-from ..tls import tls_problem
+from ..tls import split_listen, tls_problem
 
 
 def load_config(path: str) -> EdgeConfig:
@@ -27,8 +27,7 @@ def load_config(path: str) -> EdgeConfig:
 
 
 def _local(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+    host, port = split_listen(listen)
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"{'[' + host + ']' if ':' in host else host}:{port}"
 

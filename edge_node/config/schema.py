@@ -299,19 +299,19 @@ class EdgeConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
 
     def security_warnings(self) -> list[str]:
+        from ..tls import is_loopback_host, split_listen
+
         """What is unsafe to run across the internet (logged at start, on the status page and
         by check-config): a plain-http central that is not on this box."""
         out: list[str] = []
         url = self.central.url
-        host = urllib.parse.urlsplit(url).hostname or ""
-        if url.startswith("http://") and host not in ("localhost", "::1") and \
-                not host.startswith("127."):
+        if url.startswith("http://") and \
+                not is_loopback_host(urllib.parse.urlsplit(url).hostname or ""):
             out.append(f"central.url {url!r} is plain http: the node's API key and all its "
                        "data cross the network unencrypted; use https:// (see the README's "
                        "Security section)")
-        plain_host = self.tls.plain_listen.rpartition(":")[0].strip("[]")
         if self.tls.plain_listen and not self.ingest.tokens_file and \
-                plain_host not in ("localhost", "::1") and not plain_host.startswith("127."):
+                not is_loopback_host(split_listen(self.tls.plain_listen)[0]):
             out.append(f"tls.plain_listen {self.tls.plain_listen!r} takes data from anyone "
                        "who can reach it: set ingest.tokens_file to require device tokens "
                        "there")
