@@ -180,8 +180,11 @@ async def test_a_disk_filled_by_another_program_is_survived(
     key = register(tmp_path)
     await trio.to_thread.run_sync(central.start)
     cfg, url = write_edge_config(tmp_path, central.url, key)
+    # rolls (which measure the free space first) 5 s apart, so the next request's commit,
+    # not a roll's measurement, is what meets the full disk
     cfg.write_text(cfg.read_text().replace(f'data_dir = "{tmp_path / "edge"}"',
-                                           f'data_dir = "{small_disk / "edge"}"'))
+                                           f'data_dir = "{small_disk / "edge"}"')
+                   .replace("roll_interval_s = 0.2", "roll_interval_s = 5.0"))
     edge = edge_proc(tmp_path, cfg, url)
     procs.append(edge)
     await trio.to_thread.run_sync(edge.start)
@@ -210,7 +213,11 @@ async def test_a_disk_filled_by_another_program_is_survived(
         with trio.fail_after(60):
             while await post() != 503:
                 await trio.sleep(0.05)
-        assert not reserve.exists(), "the reserve was not handed back on the full disk"
+        why = (await c.get(url + "/api/v1/status")).json()["buffer"]["refusing"]
+        if "(SQLite:" in why:  # a commit met the full disk: the reserve goes
+            assert not reserve.exists(), "the reserve was not handed back on the full disk"
+        else:  # a roll measured first (it can, rarely): refused with the reserve kept
+            assert "reserve left" in why and reserve.exists(), why
         for _ in range(10):
             assert await post() == 503
         metrics = (await c.get(url + "/metrics")).text
